@@ -1,0 +1,313 @@
+"""Typed, validated configuration: one model per section, every field commented.
+
+A job's configuration is the defaults below, overlaid by YAML files (``configs/**``), then by
+dotted overrides from the command line (``--set labeling.tau_m=0.5``). Unknown keys and wrong
+types are errors that name the dotted key. Paper values (VideoCUPS, DESIGN.md section 4) are
+the defaults.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message names the dotted key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+
+# --------------------------------------------------------------------------- data
+class SynthConfig(_Section):
+    """SynthDrive: the procedural driving-video generator (DESIGN.md section 6)."""
+
+    height: int = Field(256, ge=32, le=4096)  # image rows, pixels
+    width: int = Field(512, ge=32, le=8192)  # image columns, pixels
+    frames: int = Field(30, ge=1)  # frames per sequence
+    sequences: int = Field(2, ge=1)  # number of sequences
+    seed: int = Field(0, ge=0)  # master seed; sequence s uses seed * 1000 + s
+    fps: float = Field(10.0, gt=0)  # frame rate, Hz (KITTI is 10 Hz)
+    focal_scale: float = Field(0.9, gt=0)  # focal length as a fraction of the image width
+    camera_height: float = Field(1.65, gt=0)  # camera above the road, metres (KITTI: 1.65)
+    speed_max: float = Field(12.0, ge=0)  # ego cruising speed upper bound, m/s
+    stop_probability: float = Field(0.5, ge=0, le=1)  # chance a sequence contains a full stop
+    yaw_amplitude: float = Field(0.03, ge=0)  # ego yaw oscillation amplitude, radians
+    parked_cars: int = Field(6, ge=0)  # static cars along the kerbs
+    moving_cars: int = Field(4, ge=0)  # cars driving in either direction
+    people: int = Field(4, ge=0)  # pedestrians (walking or waiting)
+    waiting_people_fraction: float = Field(0.3, ge=0, le=1)  # people that stand still
+    noise_std: float = Field(3.0, ge=0)  # sensor noise, 8-bit grey levels
+    exposure_jitter: float = Field(0.08, ge=0)  # relative exposure change between frames
+    shadows: bool = True  # cast soft shadows of things onto the ground
+
+
+class ShardConfig(_Section):
+    """Parquet shards of frames and labels (DESIGN.md section 7)."""
+
+    rows_per_shard: int = Field(256, ge=1)  # frames per Parquet file
+    rows_per_row_group: int = Field(8, ge=1)  # frames per row group (8-16 reads fastest)
+    image_encoding: Literal["png", "raw"] = "png"  # chosen by benchmarks/bench_shards.py
+    label_encoding: Literal["png", "raw"] = "png"  # 16-bit PNG vs raw int32 + zstd
+    compression: Literal["zstd", "snappy", "none"] = "zstd"  # Parquet page compression
+    compression_level: int = Field(3, ge=1, le=22)  # zstd level
+
+
+# --------------------------------------------------------------------------- cues
+class FlowConfig(_Section):
+    """Optical flow, forward t->t+1 and backward (DESIGN.md section 5)."""
+
+    backend: Literal["dis", "raft", "oracle"] = "dis"  # oracle = SynthDrive ground truth
+    dis_preset: Literal["ultrafast", "fast", "medium"] = "medium"  # chosen by bench_cues.py
+    raft_arch: Literal["raft_small", "raft_large"] = "raft_small"  # torchvision layout
+    raft_iters: int = Field(12, ge=1)  # RAFT refinement iterations
+    checkpoint: str | None = None  # local .pt/.safetensors for learned backends
+    device: str = "cpu"  # "cpu", "cuda", "cuda:1"
+    batch_size: int = Field(4, ge=1)  # frame pairs per call
+
+
+class DepthConfig(_Section):
+    """Depth and motion probability (DESIGN.md section 5)."""
+
+    backend: Literal["geometry", "monodepth", "oracle"] = "geometry"
+    camera_height: float = Field(1.65, gt=0)  # metres; fixes the metric scale of geometry
+    min_parallax: float = Field(0.5, ge=0)  # px; below it triangulation is unreliable
+    ransac_threshold: float = Field(1.0, gt=0)  # px; essential-matrix inlier threshold
+    motion_sigma: float = Field(1.0, gt=0)  # px; Sampson residual giving motion prob 0.5
+    max_depth: float = Field(80.0, gt=0)  # metres; depth is clipped here
+    encoder: Literal["resnet18", "resnet50"] = "resnet18"  # learned backend
+    checkpoint: str | None = None
+    device: str = "cpu"
+    batch_size: int = Field(4, ge=1)
+
+
+class FeatureConfig(_Section):
+    """Per-pixel features for semantic clustering (DESIGN.md section 5)."""
+
+    backend: Literal["handmade", "dino"] = "handmade"
+    stride: int = Field(4, ge=1)  # feature map is 1/stride of the image resolution
+    arch: Literal["vit_small_patch8", "vit_base_patch8"] = "vit_small_patch8"  # DINO layout
+    crop_size: int = Field(224, ge=32)  # sliding-window crop, pixels (high-res pass)
+    crop_overlap: float = Field(0.5, ge=0, lt=1)  # fraction of crop overlap
+    checkpoint: str | None = None
+    device: str = "cpu"
+    batch_size: int = Field(4, ge=1)
+
+
+class CuesConfig(_Section):
+    flow: FlowConfig = FlowConfig()
+    depth: DepthConfig = DepthConfig()
+    features: FeatureConfig = FeatureConfig()
+
+
+# --------------------------------------------------------------------------- labeling
+class LabelingConfig(_Section):
+    """Pseudo-label generation (DESIGN.md section 4). Paper values are the defaults."""
+
+    # instances: region growing on (depth, flow, motion probability)
+    alpha: float = Field(0.15, ge=0, lt=1)  # motion-probability seed threshold
+    radius: int = Field(8, ge=1, le=32)  # neighbourhood, L-inf pixels
+    tau_d: float = Field(0.02, gt=0)  # relative depth difference to join
+    tau_f: float = Field(0.04, gt=0)  # relative flow difference to join
+    min_pixels: int = Field(50, ge=1)  # smaller regions are discarded
+    # semantics
+    num_clusters: int = Field(27, ge=2)  # K of cosine k-means (pseudo-classes)
+    kmeans_iters: int = Field(30, ge=1)  # mini-batch k-means passes
+    kmeans_samples_per_frame: int = Field(512, ge=1)  # features sampled per frame for fitting
+    depth_fusion: bool = True  # P* = a P_low + (1-a) P_high with a = 1/(d+1)
+    median_depth: float | None = None  # metres; rescales relative depth for the fusion
+    crf: bool = False  # optional dense-CRF refinement
+    # tracking and temporal consistency
+    tau_m: float = Field(0.4, gt=0, le=1)  # min warped IoU to continue a track
+    recovery: bool = True  # retry unmatched tracks of t-1 against warped t+1
+    semantic_vote: bool = True  # 3-frame majority vote on semantics
+    clip_length: int = Field(30, ge=1)  # frames per clip for class alignment
+    clip_alignment: bool = True  # one pseudo-class per track per clip
+    min_track_frames: int = Field(2, ge=1)  # tracks seen in fewer frames of a clip are dropped
+    tracking: bool = True  # off = per-frame IDs (ablation)
+    # thing/stuff split
+    psi: float = Field(0.01, ge=0, le=1)  # class c is a thing if ratio_c > psi
+    ignore_label: int = Field(255, ge=0)  # semantic value of unreliable pixels
+
+
+# --------------------------------------------------------------------------- evaluation
+class EvalConfig(_Section):
+    num_classes: int = Field(19, ge=1)  # Cityscapes train IDs
+    things: tuple[int, ...] = (11, 13)  # person, car (KITTI-STEP evaluation)
+    ignore_label: int = Field(255, ge=0)
+    label_divisor: int = Field(65536, ge=2)  # panoptic id = semantic * divisor + instance
+    window_sizes: tuple[int, ...] = (1, 2, 3, 4)  # VPQ windows, frames
+
+
+# --------------------------------------------------------------------------- ray
+class ActorResources(_Section):
+    num_cpus: float = Field(0.5, ge=0)  # small and explicit (2-core hang trap)
+    num_gpus: float = Field(0.0, ge=0)  # fractional allowed
+    memory: int = Field(0, ge=0)  # bytes reserved for the scheduler; 0 = not declared
+    replicas: int = Field(1, ge=1)  # pool size
+
+
+class RayConfig(_Section):
+    address: str | None = None  # None = start a local instance; "auto"; "ray://host:10001"
+    num_cpus: int | None = None  # local instance only; None = all cores
+    object_store_memory: int = Field(768 * 1024**2, ge=64 * 1024**2)  # local only, bytes
+    temp_dir: str | None = None  # local only; keep it short (socket path limit)
+    flow: ActorResources = ActorResources()
+    depth: ActorResources = ActorResources()
+    features: ActorResources = ActorResources()
+    tracker: ActorResources = ActorResources(num_cpus=0.25)
+    writer: ActorResources = ActorResources(num_cpus=0.25)
+    max_videos_in_flight: int = Field(4, ge=1)  # streams processed at once
+    max_frames_in_flight: int = Field(8, ge=1)  # per stream
+    chunk_frames: int = Field(300, ge=4)  # long videos are cut into chunks of this length
+    max_restarts: int = Field(3, ge=0)  # actor restarts before a chunk is failed
+
+
+# --------------------------------------------------------------------------- model/train
+class ModelConfig(_Section):
+    backbone: Literal["resnet18", "resnet50"] = "resnet18"
+    backbone_checkpoint: str | None = None  # DINO ResNet in torchvision layout
+    fpn_channels: int = Field(256, ge=8)
+    cascade_ious: tuple[float, ...] = (0.5, 0.6, 0.7)  # cascade stage IoU thresholds
+    embed_dim: int = Field(128, ge=8)  # tracking embedding size
+    min_size: int = Field(256, ge=32)  # input resize, shorter side
+    max_size: int = Field(512, ge=32)  # input resize, longer side
+    score_threshold: float = Field(0.5, ge=0, le=1)  # inference detection threshold
+
+
+class TrainConfig(_Section):
+    lr: float = Field(2e-5, gt=0)  # AdamW (paper)
+    weight_decay: float = Field(1e-4, ge=0)
+    epochs: int = Field(8, ge=1)  # paper
+    max_steps: int | None = None  # overrides epochs when set
+    batch_size: int = Field(2, ge=1)  # frame pairs per worker
+    grad_clip: float = Field(1.0, gt=0)
+    checkpoint_every: int = Field(50, ge=1)  # steps
+    workers: tuple[int, int] = (1, 1)  # (min, max) Ray Train workers
+    use_gpu: bool = False
+    strategy: Literal["ddp", "deepspeed"] = "ddp"
+    zero_stage: int = Field(2, ge=1, le=3)
+    drop_loss: bool = True  # Video DropLoss
+    drop_loss_iou: float = Field(0.5, gt=0, le=1)  # tau_iou
+    copy_paste: bool = True
+    copy_paste_max: int = Field(8, ge=0)  # tubes pasted per pair
+    copy_paste_scale: tuple[float, float] = (0.25, 1.5)
+    self_enhanced: bool = True
+    self_enhanced_after: int = Field(200, ge=0)  # warm-up steps
+    self_enhanced_score: float = Field(0.75, ge=0, le=1)
+    seed: int = 0
+    max_failures: int = Field(2, ge=0)
+
+
+# --------------------------------------------------------------------------- top level
+class Config(_Section):
+    synth: SynthConfig = SynthConfig()
+    shards: ShardConfig = ShardConfig()
+    cues: CuesConfig = CuesConfig()
+    labeling: LabelingConfig = LabelingConfig()
+    eval: EvalConfig = EvalConfig()
+    ray: RayConfig = RayConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+
+    def hash(self) -> str:
+        """Stable short hash of the full configuration (stored in shard manifests)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        lines.append(f"{key}: {e['msg']} (got {e.get('input')!r})")
+    return f"invalid configuration from {source}:\n  " + "\n  ".join(lines)
+
+
+def _deep_merge(base: dict, update: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    """Set ``tree[a][b][c] = value`` for ``a.b.c``, checking each key exists in Config."""
+    parts = dotted.split(".")
+    model: type[BaseModel] | None = Config
+    node = tree
+    for i, part in enumerate(parts):
+        fields = model.model_fields if model is not None else {}
+        if part not in fields:
+            known = ", ".join(sorted(fields)) or "(none)"
+            raise ConfigError(f"unknown config key {'.'.join(parts[: i + 1])!r}; known here: {known}")
+        ann = fields[part].annotation
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+        if i == len(parts) - 1:
+            node[part] = value
+        else:
+            if model is None:
+                raise ConfigError(f"config key {'.'.join(parts[: i + 1])!r} is not a section")
+            node = node.setdefault(part, {})
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"labeling.tau_m=0.5"`` -> ``("labeling.tau_m", 0.5)``; the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {key!r}: cannot parse value {raw!r}: {exc}") from exc
+    return key.strip(), value
+
+
+def load_config(
+    paths: list[str | Path] | tuple[str | Path, ...] = (),
+    overrides: list[str] | tuple[str, ...] = (),
+) -> Config:
+    """Defaults, then each YAML file in order, then ``key=value`` overrides."""
+    tree: dict = {}
+    for p in paths:
+        p = Path(p)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {p} must hold a mapping at top level")
+        try:
+            Config.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(_format_validation_error(exc, str(p))) from None
+        tree = _deep_merge(tree, data)
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(tree, key, value)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, "overrides")) from None
+
+
+def with_overrides(cfg: Config, **sections: dict) -> Config:
+    """A copy of ``cfg`` with some fields of some sections replaced, validated."""
+    tree = _deep_merge(cfg.model_dump(), sections)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, "with_overrides")) from None
