@@ -43,7 +43,9 @@ class SynthConfig(_Section):
     yaw_amplitude: float = Field(0.03, ge=0)  # ego yaw oscillation amplitude, radians
     parked_cars: int = Field(6, ge=0)  # static cars along the kerbs
     moving_cars: int = Field(4, ge=0)  # cars driving in either direction
+    car_speed_max: float = Field(14.0, ge=0)  # other cars' speed upper bound, m/s
     people: int = Field(4, ge=0)  # pedestrians (walking or waiting)
+    person_speed_max: float = Field(1.8, ge=0)  # walking speed upper bound, m/s
     waiting_people_fraction: float = Field(0.3, ge=0, le=1)  # people that stand still
     noise_std: float = Field(3.0, ge=0)  # sensor noise, 8-bit grey levels
     exposure_jitter: float = Field(0.08, ge=0)  # relative exposure change between frames
@@ -55,10 +57,14 @@ class ShardConfig(_Section):
 
     rows_per_shard: int = Field(256, ge=1)  # frames per Parquet file
     rows_per_row_group: int = Field(8, ge=1)  # frames per row group (8-16 reads fastest)
-    image_encoding: Literal["png", "raw"] = "png"  # chosen by benchmarks/bench_shards.py
-    label_encoding: Literal["png", "raw"] = "png"  # 16-bit PNG vs raw int32 + zstd
+    # bench_shards.py (KITTI frames, 2 busy cores): PNG images are 18-21% smaller than raw+zstd
+    # but 2-4x slower to write and 2.6-4.4x slower to read+decode; training re-reads every
+    # epoch, so raw wins unless storage bandwidth is the bottleneck.
+    image_encoding: Literal["png", "raw"] = "raw"  # per-frame image codec
+    label_encoding: Literal["png", "raw"] = "raw"  # raw int32 + zstd: half the size of PNG and faster
     compression: Literal["zstd", "snappy", "none"] = "zstd"  # Parquet page compression
     compression_level: int = Field(3, ge=1, le=22)  # zstd level
+    png_level: int = Field(1, ge=0, le=9)  # zlib level of PNG-encoded columns (0-9; 1 = fast)
 
 
 # --------------------------------------------------------------------------- cues
@@ -80,9 +86,14 @@ class DepthConfig(_Section):
     backend: Literal["geometry", "monodepth", "oracle"] = "geometry"
     camera_height: float = Field(1.65, gt=0)  # metres; fixes the metric scale of geometry
     min_parallax: float = Field(0.5, ge=0)  # px; below it triangulation is unreliable
-    ransac_threshold: float = Field(1.0, gt=0)  # px; essential-matrix inlier threshold
-    motion_sigma: float = Field(1.0, gt=0)  # px; Sampson residual giving motion prob 0.5
+    ransac_threshold: float = Field(0.5, gt=0)  # px; essential-matrix inlier threshold (bench_cues.py)
+    translation_prior_deg: float | None = Field(10.0, gt=0)  # deg; ego heading prior around the optical axis, None = off
+    motion_sigma: float = Field(2.0, gt=0)  # px; Sampson residual giving motion prob 0.5 (DIS noise ~1 px)
     max_depth: float = Field(80.0, gt=0)  # metres; depth is clipped here
+    min_depth: float = Field(0.5, gt=0)  # metres; depth is clipped here from below
+    focal: float | None = Field(None, gt=0)  # px; used when a frame has no extra["K"] (KITTI ~721)
+    focal_scale: float = Field(0.9, gt=0)  # focal = focal_scale * width when focal is None
+    below_ground_ratio: float = Field(1.3, gt=1)  # static depth / road-plane depth above it = moving
     encoder: Literal["resnet18", "resnet50"] = "resnet18"  # learned backend
     checkpoint: str | None = None
     device: str = "cpu"
@@ -97,6 +108,7 @@ class FeatureConfig(_Section):
     arch: Literal["vit_small_patch8", "vit_base_patch8"] = "vit_small_patch8"  # DINO layout
     crop_size: int = Field(224, ge=32)  # sliding-window crop, pixels (high-res pass)
     crop_overlap: float = Field(0.5, ge=0, lt=1)  # fraction of crop overlap
+    focal_scale: float = Field(0.9, gt=0)  # focal / width (px/px) for normals when no K is given
     checkpoint: str | None = None
     device: str = "cpu"
     batch_size: int = Field(4, ge=1)
@@ -118,6 +130,7 @@ class LabelingConfig(_Section):
     tau_d: float = Field(0.02, gt=0)  # relative depth difference to join
     tau_f: float = Field(0.04, gt=0)  # relative flow difference to join
     min_pixels: int = Field(50, ge=1)  # smaller regions are discarded
+    border_margin: int = Field(0, ge=0)  # px; motion seeds this close to the image edge are ignored
     # semantics
     num_clusters: int = Field(27, ge=2)  # K of cosine k-means (pseudo-classes)
     kmeans_iters: int = Field(30, ge=1)  # mini-batch k-means passes
@@ -125,6 +138,10 @@ class LabelingConfig(_Section):
     depth_fusion: bool = True  # P* = a P_low + (1-a) P_high with a = 1/(d+1)
     median_depth: float | None = None  # metres; rescales relative depth for the fusion
     crf: bool = False  # optional dense-CRF refinement
+    crf_iters: int = Field(5, ge=1)  # mean-field iterations
+    crf_weight: float = Field(3.0, ge=0)  # smoothness-kernel weight (Potts), in logits
+    crf_sigma: float = Field(3.0, gt=0)  # smoothness-kernel std, pixels
+    cluster_temperature: float = Field(0.1, gt=0)  # softmax temperature on cosine similarity
     # tracking and temporal consistency
     tau_m: float = Field(0.4, gt=0, le=1)  # min warped IoU to continue a track
     recovery: bool = True  # retry unmatched tracks of t-1 against warped t+1
@@ -133,6 +150,7 @@ class LabelingConfig(_Section):
     clip_alignment: bool = True  # one pseudo-class per track per clip
     min_track_frames: int = Field(2, ge=1)  # tracks seen in fewer frames of a clip are dropped
     tracking: bool = True  # off = per-frame IDs (ablation)
+    ignore_occluded: bool = True  # pixels of t with no correspondence in t+1 go into the ignore mask
     # thing/stuff split
     psi: float = Field(0.01, ge=0, le=1)  # class c is a thing if ratio_c > psi
     ignore_label: int = Field(255, ge=0)  # semantic value of unreliable pixels
@@ -173,14 +191,39 @@ class RayConfig(_Section):
 
 # --------------------------------------------------------------------------- model/train
 class ModelConfig(_Section):
+    """Panoptic Cascade MaskTrack R-CNN (DESIGN.md section 8); see videocups_ray/model/."""
+
     backbone: Literal["resnet18", "resnet50"] = "resnet18"
     backbone_checkpoint: str | None = None  # DINO ResNet in torchvision layout
-    fpn_channels: int = Field(256, ge=8)
+    backbone_norm: Literal["frozen_bn", "bn"] = "frozen_bn"  # frozen_bn needs a checkpoint; bn from scratch
+    trainable_backbone_layers: int = Field(3, ge=0, le=5)  # 5 = all, 0 = backbone frozen
+    fpn_channels: int = Field(128, ge=8)  # FPN/RPN width; torchvision uses 256, 128 is the lighter CPU default (bench_model_step)
     cascade_ious: tuple[float, ...] = (0.5, 0.6, 0.7)  # cascade stage IoU thresholds
+    cascade_loss_weights: tuple[float, ...] = (1.0, 0.5, 0.25)  # per-stage loss weight (Cascade R-CNN)
+    box_head_dim: int = Field(512, ge=8)  # width of the 2-fc box head and of the track head
+    mask_head_channels: int = Field(128, ge=8)  # conv width of the (small) mask head
+    mask_head_convs: int = Field(2, ge=1)  # 3x3 convs before the 2x deconv
+    semantic_head_channels: int = Field(128, ge=8)  # Panoptic-FPN semantic branch width
     embed_dim: int = Field(128, ge=8)  # tracking embedding size
     min_size: int = Field(256, ge=32)  # input resize, shorter side
     max_size: int = Field(512, ge=32)  # input resize, longer side
+    rpn_pre_nms_train: int = Field(1000, ge=1)  # proposals per FPN level before NMS, training
+    rpn_post_nms_train: int = Field(500, ge=1)  # proposals per image after NMS, training
+    rpn_pre_nms_test: int = Field(500, ge=1)  # proposals per FPN level before NMS, inference
+    rpn_post_nms_test: int = Field(300, ge=1)  # proposals per image after NMS, inference
+    rois_per_image: int = Field(128, ge=1)  # RoIs sampled per image for the cascade, training
+    positive_fraction: float = Field(0.25, gt=0, le=1)  # of sampled RoIs
     score_threshold: float = Field(0.5, ge=0, le=1)  # inference detection threshold
+    nms_threshold: float = Field(0.5, gt=0, le=1)  # per-class box NMS IoU, inference
+    detections_per_image: int = Field(50, ge=1)  # kept after NMS, inference
+    mask_overlap: float = Field(0.5, ge=0, le=1)  # panoptic fusion: min visible fraction of a mask
+    semantic_loss_weight: float = Field(1.0, ge=0)  # Panoptic-FPN semantic cross-entropy
+    track_loss_weight: float = Field(1.0, ge=0)  # MaskTrack embedding cross-entropy
+    track_score_weight: float = Field(1.0, ge=0)  # association: weight of log detection score (track columns)
+    track_iou_weight: float = Field(2.0, ge=0)  # association: weight of box IoU with the track
+    track_class_weight: float = Field(10.0, ge=0)  # association: bonus for the same class
+    track_memory: int = Field(10, ge=1)  # frames a lost track stays matchable
+    track_momentum: float = Field(0.5, ge=0, le=1)  # embedding update: new = m*old + (1-m)*det
 
 
 class TrainConfig(_Section):
@@ -199,10 +242,14 @@ class TrainConfig(_Section):
     drop_loss_iou: float = Field(0.5, gt=0, le=1)  # tau_iou
     copy_paste: bool = True
     copy_paste_max: int = Field(8, ge=0)  # tubes pasted per pair
-    copy_paste_scale: tuple[float, float] = (0.25, 1.5)
+    copy_paste_scale: tuple[float, float] = (0.25, 1.5)  # uniform tube scale range
+    copy_paste_min: int = Field(1, ge=0)  # fewest tubes pasted per pair
+    copy_paste_flip: float = Field(0.5, ge=0, le=1)  # probability of a horizontal flip per tube
+    copy_paste_min_pixels: int = Field(16, ge=1)  # a tube needs this many pixels in each frame
     self_enhanced: bool = True
     self_enhanced_after: int = Field(200, ge=0)  # warm-up steps
-    self_enhanced_score: float = Field(0.75, ge=0, le=1)
+    self_enhanced_score: float = Field(0.75, ge=0, le=1)  # min prediction score to paste
+    self_enhanced_iou: float = Field(0.5, gt=0, le=1)  # skip predictions at this IoU with pseudo boxes
     seed: int = 0
     max_failures: int = Field(2, ge=0)
 

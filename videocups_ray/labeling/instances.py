@@ -1,0 +1,70 @@
+"""Instance proposals per frame: region growing on (depth, flow, motion probability).
+
+DESIGN.md section 4 step 3. The kernel does the graph and its connected components; this
+module adds the input checks, the border clean-up and the per-frame proposal assembly
+(instances + semantics + motion) that the tracker consumes.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from videocups_ray import kernels
+from videocups_ray.config import LabelingConfig
+from videocups_ray.data.types import DataError
+from videocups_ray.labeling.semantics import SemanticLabeler
+from videocups_ray.labeling.types import FrameCues, FrameProposal
+
+log = logging.getLogger(__name__)
+_warned_backward_flow = False
+
+
+def propose_instances(depth: np.ndarray, flow: np.ndarray, motion_prob: np.ndarray,
+                      cfg: LabelingConfig, *, where: str = "frame") -> np.ndarray:
+    """int32 ``H x W`` proposal IDs (0 none, 1..N) by region growing with the config's
+    ``alpha, radius, tau_d, tau_f, min_pixels``.
+
+    ``border_margin`` px at the image edge are excluded as seeds: flow and the epipolar motion
+    residual are least reliable there (the correspondence often leaves the image).
+    """
+    h, w = depth.shape
+    if flow.shape != (h, w, 2) or motion_prob.shape != (h, w):
+        raise DataError(f"{where}: depth {depth.shape}, flow {flow.shape}, motion_prob "
+                        f"{motion_prob.shape} do not agree")
+    motion = np.asarray(motion_prob, dtype=np.float32)
+    if cfg.border_margin > 0:
+        m = cfg.border_margin
+        motion = motion.copy()
+        motion[:m] = 0
+        motion[-m:] = 0
+        motion[:, :m] = 0
+        motion[:, -m:] = 0
+    labels = kernels.region_grow(
+        np.ascontiguousarray(depth, dtype=np.float32), np.ascontiguousarray(flow, dtype=np.float32),
+        np.ascontiguousarray(motion), alpha=cfg.alpha, radius=cfg.radius, tau_d=cfg.tau_d,
+        tau_f=cfg.tau_f, min_pixels=cfg.min_pixels)
+    return labels  # canonical already: 1..N in raster order, small regions removed
+
+
+def _growth_flow(cues: FrameCues) -> np.ndarray:
+    """Forward flow; at a video's last frame only the backward flow exists, and its negation
+    is the constant-velocity stand-in (logged once, since it changes the proposals)."""
+    global _warned_backward_flow
+    if cues.flow_fw is not None:
+        return cues.flow_fw
+    if not _warned_backward_flow:
+        log.warning("instances: %s has no forward flow (last frame?); region growing uses the "
+                    "negated backward flow instead", cues.name)
+        _warned_backward_flow = True
+    return -cues.flow_bw
+
+
+def propose_frame(cues: FrameCues, cfg: LabelingConfig, semantics: SemanticLabeler) -> FrameProposal:
+    """Per-frame proposal: instances by region growing, pseudo-classes by fused k-means."""
+    cues.validate()
+    instances = propose_instances(cues.depth, _growth_flow(cues), cues.motion_prob, cfg, where=cues.name)
+    semantic = semantics(cues.features_high, cues.features_low, cues.depth)
+    return FrameProposal(cues.video_id, cues.frame_index, instances, semantic,
+                         cues.flow_fw, cues.flow_bw, cues.occ_fw, cues.occ_bw)
