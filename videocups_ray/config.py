@@ -58,7 +58,7 @@ class ShardConfig(_Section):
     rows_per_shard: int = Field(256, ge=1)  # frames per Parquet file
     rows_per_row_group: int = Field(8, ge=1)  # frames per row group (8-16 reads fastest)
     # bench_shards.py (KITTI frames, 2 busy cores): PNG images are 18-21% smaller than raw+zstd
-    # but 2-4x slower to write and 2.6-4.4x slower to read+decode; training re-reads every
+    # but 2-3.3x slower to write and 2.1-4.4x slower to read+decode; training re-reads every
     # epoch, so raw wins unless storage bandwidth is the bottleneck.
     image_encoding: Literal["png", "raw"] = "raw"  # per-frame image codec
     label_encoding: Literal["png", "raw"] = "raw"  # raw int32 + zstd: half the size of PNG and faster

@@ -1,0 +1,84 @@
+"""Per-pixel features: handmade descriptor on SynthDrive, DINO ViT checkpoint round trip, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from videocups_ray.config import FeatureConfig, SynthConfig
+from videocups_ray.cues import CheckpointError, build_features, save_checkpoint
+from videocups_ray.cues.vit import DinoFeatures, build_vit, crop_starts
+from videocups_ray.data.synthdrive import generate_sequence
+from videocups_ray.data.types import DataError
+
+ROAD, SKY = 0, 10
+
+
+@pytest.fixture(scope="module")
+def frame():
+    return next(iter(generate_sequence(SynthConfig(height=128, width=256, frames=1, seed=3), 0)))
+
+
+def test_handmade_shapes_norm_and_separation(frame):
+    est = build_features(FeatureConfig(stride=4))
+    depth = np.where(frame.depth > 0, frame.depth, 0)[None]
+    fe = est([frame], depth=depth, K=frame.extra["K"])
+    assert fe.high.shape == (1, 17, 32, 64) and fe["low"].shape == fe.high.shape
+    for x in (fe.high, fe.low):
+        assert np.isfinite(x).all()
+        np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-4)
+    sem = frame.semantic[2::4, 2::4]
+    road = fe.high[0][:, sem == ROAD].mean(axis=1)
+    sky = fe.high[0][:, sem == SKY].mean(axis=1)
+    road_spread = fe.high[0][:, sem == ROAD].T @ road / np.linalg.norm(road)
+    cos = road @ sky / (np.linalg.norm(road) * np.linalg.norm(sky))
+    assert cos < np.median(road_spread)  # road pixels resemble road more than sky
+
+
+def test_handmade_bad_and_degenerate_input(frame):
+    est = build_features(FeatureConfig())
+    black = np.zeros((2, 64, 96, 3), np.uint8)
+    fe = est(black)
+    assert np.isfinite(fe.high).all() and np.isfinite(fe.low).all()
+    with pytest.raises(DataError, match="depth of shape"):
+        est(black, depth=np.ones((1, 64, 96), np.float32))
+    nan_depth = np.full((2, 64, 96), np.nan, np.float32)
+    assert np.isfinite(est(black, depth=nan_depth).high).all()  # invalid depth counts as "far"
+    with pytest.raises(DataError, match="N x H x W x 3"):
+        est(np.zeros((64, 96, 3), np.uint8))
+
+
+def test_crop_starts_cover_the_image():
+    assert crop_starts(100, 128, 64) == [0]
+    s = crop_starts(300, 128, 64)
+    assert s[0] == 0 and s[-1] == 300 - 128 and all(b - a <= 64 for a, b in zip(s, s[1:]))
+
+
+def test_dino_checkpoint_round_trip(tmp_path):
+    torch.manual_seed(0)
+    net = build_vit("vit_small_patch8")
+    path = save_checkpoint(net, tmp_path / "dino_vits8.pt")
+    cfg = FeatureConfig(backend="dino", checkpoint=str(path), crop_size=48, crop_overlap=0.5, stride=4)
+    est = build_features(cfg)
+    assert isinstance(est, DinoFeatures)
+    img = np.random.default_rng(0).integers(0, 255, (1, 60, 100, 3), dtype=np.uint8)
+    a = est(img)
+    b = DinoFeatures(net, stride=4, crop_size=48, crop_overlap=0.5)(img)
+    assert a.high.shape == (1, 384, 15, 25) and a.low.shape == (1, 384, 15, 25)
+    np.testing.assert_array_equal(a.high, b.high)
+    np.testing.assert_array_equal(a.low, b.low)
+    np.testing.assert_allclose(np.linalg.norm(a.high, axis=1), 1.0, atol=1e-4)
+    assert "blocks.11.attn.qkv.weight" in net.state_dict() and "pos_embed" in net.state_dict()
+
+
+def test_dino_mismatched_checkpoints(tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"\x00" * 64)
+    with pytest.raises(CheckpointError, match="junk.pt"):
+        build_features(FeatureConfig(backend="dino", checkpoint=str(tmp_path / "junk.pt")))
+    state = build_vit("vit_small_patch8").state_dict()
+    state["blocks.0.attn.qkv.weight"] = torch.zeros(3 * 768, 768)
+    del state["norm.bias"]
+    torch.save({"state_dict": state}, tmp_path / "wrong.pt")
+    with pytest.raises(CheckpointError, match=r"wrong.pt.*missing keys: norm.bias.*shape mismatches: blocks.0"):
+        build_features(FeatureConfig(backend="dino", checkpoint=str(tmp_path / "wrong.pt")))

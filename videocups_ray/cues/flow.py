@@ -1,0 +1,227 @@
+"""Optical flow estimators: forward t->t+1, backward t+1->t, and occlusion masks.
+
+Backends (``FlowConfig.backend``):
+
+- ``dis``: OpenCV DIS optical flow on grey images, CPU, no weights (the default).
+- ``raft``: torchvision's RAFT architecture (``raft_small`` / ``raft_large``, ``weights=None``)
+  loading a local checkpoint in torchvision's layout; forward and backward pairs run in one
+  batch on the configured device.
+- ``oracle``: SynthDrive ground truth carried by the ``Frame`` objects.
+
+Occlusion for ``dis`` and ``raft`` is the forward-backward consistency test of
+``videocups_ray.kernels.occlusion_mask`` (DESIGN.md section 4, step 1).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from videocups_ray.config import FlowConfig
+from videocups_ray.cues.base import (
+    Estimator,
+    FlowResult,
+    FrameBatch,
+    as_frames,
+    as_images,
+    check_pair,
+)
+from videocups_ray.cues.checkpoints import CheckpointError, load_checkpoint
+from videocups_ray.data.types import DataError
+
+log = logging.getLogger(__name__)
+
+_DIS_PRESETS = {
+    "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
+    "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+    "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
+}
+
+
+def occlusion_masks(fw: np.ndarray, bw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Forward and backward occlusion (True = occluded) for ``N x H x W x 2`` flow batches."""
+    from videocups_ray.kernels import occlusion_mask
+
+    occ_fw = np.stack([np.asarray(occlusion_mask(f, b), dtype=bool) for f, b in zip(fw, bw)])
+    occ_bw = np.stack([np.asarray(occlusion_mask(b, f), dtype=bool) for f, b in zip(fw, bw)])
+    return occ_fw, occ_bw
+
+
+def _finite_or_raise(flow: np.ndarray, backend: str) -> np.ndarray:
+    bad = ~np.isfinite(flow).reshape(flow.shape[0], -1).all(axis=1)
+    if bad.any():
+        raise DataError(f"{backend} flow: non-finite values for pair {int(np.argmax(bad))} of the batch")
+    return flow
+
+
+class DisFlow(Estimator):
+    """OpenCV DIS optical flow on CPU.
+
+    All-black or textureless frames give zero flow (documented, tested), never NaN.
+    """
+
+    name = "dis"
+
+    def __init__(self, preset: str = "medium") -> None:
+        super().__init__()
+        if preset not in _DIS_PRESETS:
+            raise ValueError(f"DisFlow: unknown preset {preset!r}; known: {sorted(_DIS_PRESETS)}")
+        self.preset = preset
+        self.requires_gpu = False
+        self.memory_bytes = 64 * 1024**2
+        self._dis: cv2.DISOpticalFlow | None = None
+
+    @classmethod
+    def from_config(cls, cfg: FlowConfig) -> "DisFlow":
+        return cls(cfg.dis_preset)
+
+    def setup(self, device: str = "cpu") -> None:
+        if device != "cpu":
+            raise ValueError(f"DisFlow runs on the CPU only, got device {device!r}")
+        self._dis = cv2.DISOpticalFlow_create(_DIS_PRESETS[self.preset])
+        super().setup(device)
+
+    def teardown(self) -> None:
+        self._dis = None
+        super().teardown()
+
+    def _one(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        assert self._dis is not None
+        return self._dis.calc(a, b, None)
+
+    def __call__(self, frames_t: FrameBatch, frames_t1: FrameBatch) -> FlowResult:
+        self._ensure_setup()
+        img_t, img_t1 = as_images(frames_t, "frames_t"), as_images(frames_t1, "frames_t1")
+        check_pair(img_t, img_t1)
+        grey_t = [cv2.cvtColor(x, cv2.COLOR_RGB2GRAY) for x in img_t]
+        grey_t1 = [cv2.cvtColor(x, cv2.COLOR_RGB2GRAY) for x in img_t1]
+        fw = np.stack([self._one(a, b) for a, b in zip(grey_t, grey_t1)]).astype(np.float32)
+        bw = np.stack([self._one(b, a) for a, b in zip(grey_t, grey_t1)]).astype(np.float32)
+        fw, bw = _finite_or_raise(fw, "dis"), _finite_or_raise(bw, "dis")
+        occ_fw, occ_bw = occlusion_masks(fw, bw)
+        return FlowResult(fw, bw, occ_fw, occ_bw)
+
+
+def build_raft_net(arch: str) -> torch.nn.Module:
+    """An untrained torchvision RAFT of the named architecture (weights come from a checkpoint)."""
+    from torchvision.models.optical_flow import raft_large, raft_small
+
+    builders = {"raft_small": raft_small, "raft_large": raft_large}
+    if arch not in builders:
+        raise ValueError(f"unknown RAFT architecture {arch!r}; known: {sorted(builders)}")
+    return builders[arch](weights=None, progress=False)
+
+
+class RaftFlow(Estimator):
+    """RAFT (torchvision layout) from a local checkpoint, batched fw+bw on one device.
+
+    Inputs are padded (replicate) to a multiple of 8 and the padding is cropped from the output.
+    """
+
+    name = "raft"
+
+    def __init__(self, net: torch.nn.Module, *, iters: int = 12, batch_size: int = 4,
+                 device: str = "cpu") -> None:
+        super().__init__()
+        if iters < 1 or batch_size < 1:
+            raise ValueError(f"RaftFlow: iters and batch_size must be >= 1, got {iters}, {batch_size}")
+        self.net = net.eval()
+        self.iters, self.batch_size, self.preferred_device = iters, batch_size, device
+        self.requires_gpu = device.startswith("cuda")
+        n_params = sum(p.numel() for p in net.parameters())
+        self.memory_bytes = int(n_params * 4 + 512 * 1024**2)
+
+    @classmethod
+    def from_config(cls, cfg: FlowConfig) -> "RaftFlow":
+        if not cfg.checkpoint:
+            raise CheckpointError("flow backend 'raft' needs cues.flow.checkpoint (a local file)")
+        net = build_raft_net(cfg.raft_arch)
+        load_checkpoint(net, cfg.checkpoint)
+        return cls(net, iters=cfg.raft_iters, batch_size=cfg.batch_size, device=cfg.device)
+
+    def setup(self, device: str | None = None) -> None:
+        device = device or self.preferred_device
+        self.net.to(device)
+        super().setup(device)
+
+    def _ensure_setup(self) -> None:
+        if self.device is None:
+            self.setup(self.preferred_device)
+
+    @torch.inference_mode()
+    def _flow(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        h, w = a.shape[-2:]
+        ph, pw = (-h) % 8, (-w) % 8
+        if ph or pw:
+            a = F.pad(a, (0, pw, 0, ph), mode="replicate")
+            b = F.pad(b, (0, pw, 0, ph), mode="replicate")
+        out = self.net(a, b, num_flow_updates=self.iters)[-1]
+        return out[..., :h, :w]
+
+    def __call__(self, frames_t: FrameBatch, frames_t1: FrameBatch) -> FlowResult:
+        self._ensure_setup()
+        img_t, img_t1 = as_images(frames_t, "frames_t"), as_images(frames_t1, "frames_t1")
+        check_pair(img_t, img_t1)
+        if min(img_t.shape[1:3]) < 128:
+            # the 4-level correlation pyramid on 1/8 features needs >= 16 cells per side
+            raise DataError(f"raft flow: frames of {img_t.shape[1:3]} are too small (min side 128 px)")
+        fw_all, bw_all = [], []
+        for s in range(0, len(img_t), self.batch_size):
+            a = torch.from_numpy(img_t[s : s + self.batch_size]).to(self.device)
+            b = torch.from_numpy(img_t1[s : s + self.batch_size]).to(self.device)
+            a = a.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+            b = b.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+            both = self._flow(torch.cat([a, b]), torch.cat([b, a]))
+            n = a.shape[0]
+            fw_all.append(both[:n].permute(0, 2, 3, 1).float().cpu().numpy())
+            bw_all.append(both[n:].permute(0, 2, 3, 1).float().cpu().numpy())
+        fw = _finite_or_raise(np.concatenate(fw_all), "raft")
+        bw = _finite_or_raise(np.concatenate(bw_all), "raft")
+        occ_fw, occ_bw = occlusion_masks(fw, bw)
+        return FlowResult(fw, bw, occ_fw, occ_bw)
+
+
+class OracleFlow(Estimator):
+    """Ground-truth flow from SynthDrive ``Frame`` objects ("oracle cues").
+
+    Needs ``frames_t[i].flow`` / ``.flow_valid`` and ``frames_t1[i].extra["flow_bw"]`` /
+    ``["flow_bw_valid"]``; occlusion is the complement of the validity masks.
+    """
+
+    name = "oracle"
+
+    @classmethod
+    def from_config(cls, cfg: FlowConfig) -> "OracleFlow":
+        return cls()
+
+    def __call__(self, frames_t: FrameBatch, frames_t1: FrameBatch) -> FlowResult:
+        self._ensure_setup()
+        ft = as_frames(frames_t, "frames_t", "oracle flow")
+        ft1 = as_frames(frames_t1, "frames_t1", "oracle flow")
+        check_pair(as_images(ft, "frames_t"), as_images(ft1, "frames_t1"))
+        fw, bw, occ, occ_bw = [], [], [], []
+        for a, b in zip(ft, ft1):
+            if a.flow is None or a.flow_valid is None:
+                raise DataError(f"oracle flow: {a.video_id} frame {a.frame_index} has no ground-truth flow")
+            for key in ("flow_bw", "flow_bw_valid"):
+                if key not in b.extra:
+                    raise DataError(f"oracle flow: {b.video_id} frame {b.frame_index} lacks extra[{key!r}]")
+            fw.append(a.flow)
+            occ.append(~np.asarray(a.flow_valid, dtype=bool))
+            bw.append(b.extra["flow_bw"])
+            occ_bw.append(~np.asarray(b.extra["flow_bw_valid"], dtype=bool))
+        fw_a = np.nan_to_num(np.stack(fw).astype(np.float32))
+        bw_a = np.nan_to_num(np.stack(bw).astype(np.float32))
+        return FlowResult(fw_a, bw_a, np.stack(occ), np.stack(occ_bw))
+
+
+def build_flow(cfg: FlowConfig) -> Estimator:
+    """The flow estimator named by ``cfg.backend`` (not yet set up)."""
+    builders = {"dis": DisFlow.from_config, "raft": RaftFlow.from_config, "oracle": OracleFlow.from_config}
+    if cfg.backend not in builders:
+        raise ValueError(f"unknown flow backend {cfg.backend!r}; known: {sorted(builders)}")
+    return builders[cfg.backend](cfg)
