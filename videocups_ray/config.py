@@ -135,6 +135,7 @@ class LabelingConfig(_Section):
     num_clusters: int = Field(27, ge=2)  # K of cosine k-means (pseudo-classes)
     kmeans_iters: int = Field(30, ge=1)  # mini-batch k-means passes
     kmeans_samples_per_frame: int = Field(512, ge=1)  # features sampled per frame for fitting
+    kmeans_frames_per_video: int = Field(8, ge=1)  # frames per video sampled for the pass-1 centroid fit
     depth_fusion: bool = True  # P* = a P_low + (1-a) P_high with a = 1/(d+1)
     median_depth: float | None = None  # metres; rescales relative depth for the fusion
     crf: bool = False  # optional dense-CRF refinement
@@ -187,6 +188,10 @@ class RayConfig(_Section):
     max_frames_in_flight: int = Field(8, ge=1)  # per stream
     chunk_frames: int = Field(300, ge=4)  # long videos are cut into chunks of this length
     max_restarts: int = Field(3, ge=0)  # actor restarts before a chunk is failed
+    chunk_overlap: int = Field(2, ge=2)  # frames shared by consecutive chunks (vote window + ID stitching)
+    max_chunk_attempts: int = Field(3, ge=1)  # tries of one chunk (tracker/depth state lost) before it is skipped
+    stream_backpressure: Literal["block", "drop"] = "block"  # streaming: wait, or drop new frames when full
+    stream_max_pending: int = Field(4, ge=1)  # streaming: frames accepted but not yet labelled, per stream
 
 
 # --------------------------------------------------------------------------- model/train

@@ -158,17 +158,39 @@ def decode_kitti_flow(png: np.ndarray, what: str = "flow") -> tuple[np.ndarray, 
 
 # --------------------------------------------------------------------------- Cityscapes-VPS
 def encode_cityscapes_panoptic(semantic: np.ndarray, instance: np.ndarray) -> np.ndarray:
-    """``trainId * 1000 + instance`` as uint16 (void = 255 * 1000 + 0 fits in 16 bit)."""
+    """``trainId * 1000 + instance`` as uint16; void (255) is stored bare as 255.
+
+    ``255 * 1000`` does not fit in 16 bit, so void follows the Cityscapes convention that a
+    value below 1000 is a bare class ID (see :func:`decode_cityscapes_panoptic`). That makes
+    instance IDs on class 0 unrepresentable (they would read as bare classes): refused.
+    """
+    semantic = np.asarray(semantic)
+    instance = np.asarray(instance)
+    if semantic.shape != instance.shape:
+        raise ValueError(f"semantic {semantic.shape} and instance {instance.shape} differ")
     if instance.max(initial=0) >= CITYSCAPES_DIVISOR or instance.min(initial=0) < 0:
         raise ValueError("Cityscapes-VPS instance IDs must lie in [0, 999]")
+    if ((semantic == 0) & (instance > 0)).any():
+        raise ValueError("Cityscapes-VPS cannot store instance IDs on class 0 (value < 1000 is a bare class)")
+    void = semantic == 255
     v = semantic.astype(np.int64) * CITYSCAPES_DIVISOR + instance.astype(np.int64)
+    if void.any():
+        if (instance[void] > 0).any():
+            raise ValueError("Cityscapes-VPS void pixels (255) cannot carry instance IDs")
+        v[void] = 255
     if v.max(initial=0) > 65535:
-        raise ValueError("Cityscapes-VPS id exceeds 16 bit")
+        raise ValueError(f"Cityscapes-VPS id {int(v.max())} exceeds 16 bit (semantic IDs above 65 besides 255)")
     return v.astype(np.uint16)
 
 
 def decode_cityscapes_panoptic(png: np.ndarray, what: str = "panoptic") -> tuple[np.ndarray, np.ndarray]:
+    """(semantic uint8, instance int32): ``v // 1000, v % 1000``, and a value below 1000 is a
+    bare class ID with no instance (Cityscapes / VPS convention for void 255 and crowd regions).
+    """
     if png.ndim != 2 or png.dtype not in (np.uint16, np.uint8):
         raise DataError(f"{what}: Cityscapes-VPS panoptic must be single-channel 16-bit, got {png.dtype} {png.shape}")
     v = png.astype(np.int32)
-    return (v // CITYSCAPES_DIVISOR).astype(np.uint8), (v % CITYSCAPES_DIVISOR).astype(np.int32)
+    bare = v < CITYSCAPES_DIVISOR
+    semantic = np.where(bare, v, v // CITYSCAPES_DIVISOR).astype(np.uint8)
+    instance = np.where(bare, 0, v % CITYSCAPES_DIVISOR).astype(np.int32)
+    return semantic, instance

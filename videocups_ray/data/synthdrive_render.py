@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from videocups_ray.data.synthdrive_scene import (
@@ -30,12 +31,18 @@ NEAR = 0.05  # metres; hits closer to the camera plane are ignored
 DEPTH_REL_TOL = 0.005  # relative z-buffer tolerance of the visibility test
 GROUND = 0  # primitive index of the ground plane; -1 is sky
 
-# fixed texture directions: the texture is a function of the surface point, so it moves with it
-_TEX_RNG = np.random.default_rng(12345)
-_TEX_DIRS = _TEX_RNG.normal(size=(3, 3))
-_TEX_DIRS /= np.linalg.norm(_TEX_DIRS, axis=1, keepdims=True)
-_TEX_PHASES = _TEX_RNG.uniform(0, 2 * np.pi, size=(3, 2))
-_TEX_OCTAVES = ((1.0, 0.5), (0.43, 0.3), (0.19, 0.2))  # (wavelength factor, amplitude)
+# world-anchored value noise: a fixed random lattice sampled (bilinear, wrapping) at surface
+# coordinates, so the texture is a function of the surface point and moves with it. Summed
+# over octaves (fBm) it is aperiodic grain like asphalt, plaster or foliage; a periodic sine
+# pattern let a matcher lock onto the wrong period and smooth patterns left the road textureless.
+_NOISE_SIZE = 256  # lattice cells per side (wraps)
+_NOISE = np.random.default_rng(12345).standard_normal((_NOISE_SIZE, _NOISE_SIZE)).astype(np.float32)
+_NOISE_OCTAVES = 5  # cell sizes wavelength * 2^-k, k = 0..4
+_NOISE_GAIN = 0.7  # amplitude ratio of successive (finer) octaves
+_OCTAVE_ROT = np.random.default_rng(54321).uniform(0, 2 * np.pi, _NOISE_OCTAVES)  # decorrelate octaves
+_OCTAVE_OFF = np.random.default_rng(54322).uniform(0, _NOISE_SIZE, (_NOISE_OCTAVES, 2))
+# all octaves together have the spread (std ~0.3) the material amplitudes were tuned for
+_NOISE_SCALE = 0.5 / np.sqrt(sum(_NOISE_GAIN ** (2 * k) for k in range(_NOISE_OCTAVES)))
 
 
 def intrinsics(height: int, width: int, focal_scale: float) -> np.ndarray:
@@ -219,7 +226,9 @@ class RayCaster:
                 n = np.zeros_like(p, dtype=np.float32)
                 n[:, 1] = -1.0
                 grazing = np.maximum(np.abs(wy[idx]) / np.sqrt(wx[idx] ** 2 + wy[idx] ** 2 + wz[idx] ** 2), 0.05)
-                albedo = _ground_albedo(look, p, footprint / grazing)
+                # grain is a texture, not a sharp edge: filter it by the geometric mean of the
+                # across (t/f) and along (t/f/grazing) footprints, as an anisotropic filter would
+                albedo = _ground_albedo(look, p, footprint / grazing, footprint / np.sqrt(grazing))
                 light = look.ambient + (1 - look.ambient) * max(-look.sun[1], 0.0)
                 side = look.shade_side * p[:, 0]
                 light = light * (1.0 - 0.3 * np.clip((side - 3.0) / 6.0, 0, 1))  # street side in shade
@@ -369,20 +378,48 @@ def _band(coord: np.ndarray, period: float, lo: float, hi: float, footprint: np.
     return np.clip(signed / np.maximum(footprint, 1e-4) + 0.5, 0, 1)
 
 
-def _texture(p: np.ndarray, wavelength: float, footprint: np.ndarray) -> np.ndarray:
-    """Band-limited procedural texture in [-1, 1] anchored to the surface point ``p``."""
-    out = np.zeros(len(p), np.float32)
-    for (scale, amp), d, ph in zip(_TEX_OCTAVES, _TEX_DIRS, _TEX_PHASES):
-        lam = wavelength * scale
-        arg = (p @ d) * (2 * np.pi / lam)
-        arg2 = (p @ np.roll(d, 1)) * (2 * np.pi / lam)
-        out += (amp * _fade(footprint, lam) * np.sin(arg + ph[0]) * np.cos(arg2 + ph[1])).astype(np.float32)
-    return out
+def _lattice(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Bilinear value noise at lattice coordinates (a, b) (float64, any range), float32 ~N(0, 0.5)."""
+    n = len(a)
+    pad = (-n) % 1024  # cv2.remap wants maps under 32767 rows: lay the points out 1024 wide
+    ma = np.pad(np.mod(a, _NOISE_SIZE).astype(np.float32), (0, pad)).reshape(-1, 1024)
+    mb = np.pad(np.mod(b, _NOISE_SIZE).astype(np.float32), (0, pad)).reshape(-1, 1024)
+    return cv2.remap(_NOISE, ma, mb, cv2.INTER_LINEAR, borderMode=cv2.BORDER_WRAP).reshape(-1)[:n]
 
 
-def _albedo(mat: Material, p: np.ndarray, n_local: np.ndarray, footprint: np.ndarray) -> np.ndarray:
+def _texture(a: np.ndarray, b: np.ndarray, wavelength: float, footprint: np.ndarray) -> np.ndarray:
+    """Band-limited fBm value noise in about [-1, 1] on surface coordinates (a, b) in metres.
+
+    Octave k has cells of ``wavelength / 2^k``; an octave fades out where a pixel's footprint
+    would alias it (a cell of value noise carries wavelengths down to about two cells).
+    """
+    out = np.zeros(len(a), np.float32)
+    for k in range(_NOISE_OCTAVES):
+        cell = wavelength * 0.5**k
+        weight = _fade(footprint, 2.0 * cell)
+        sel = np.flatnonzero(weight > 0)
+        if sel.size == 0:
+            continue
+        c, s = np.cos(_OCTAVE_ROT[k]) / cell, np.sin(_OCTAVE_ROT[k]) / cell
+        u = c * a[sel] - s * b[sel] + _OCTAVE_OFF[k, 0]
+        v = s * a[sel] + c * b[sel] + _OCTAVE_OFF[k, 1]
+        out[sel] += (_NOISE_GAIN**k * weight[sel]).astype(np.float32) * _lattice(u, v)
+    return np.clip(out * np.float32(_NOISE_SCALE), -1.0, 1.0)
+
+
+def _surface_coords(p: np.ndarray, n_local: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two coordinates along the face: drop the axis the local normal points along."""
+    axis = np.argmax(np.abs(n_local), axis=1)
+    a = np.where(axis == 0, p[:, 2], p[:, 0])
+    b = np.where(axis == 1, p[:, 2], p[:, 1])
+    return a, b
+
+
+def _albedo(mat: Material, p: np.ndarray, n_local: np.ndarray, footprint: np.ndarray,
+            texture_footprint: np.ndarray | None = None) -> np.ndarray:
     base = np.asarray(mat.albedo, np.float32)
-    tex = 1.0 + mat.texture_amplitude * _texture(p, mat.texture_wavelength, footprint) * 2
+    fp_tex = footprint if texture_footprint is None else texture_footprint
+    tex = 1.0 + mat.texture_amplitude * _texture(*_surface_coords(p, n_local), mat.texture_wavelength, fp_tex) * 2
     albedo = base[None, :] * tex[:, None]
     if mat.pattern == PATTERN_WINDOWS:
         along = np.where(np.abs(n_local[:, 0]) > 0.5, p[:, 2], p[:, 0])
@@ -396,7 +433,7 @@ def _albedo(mat: Material, p: np.ndarray, n_local: np.ndarray, footprint: np.nda
     return albedo.astype(np.float32)
 
 
-def _ground_albedo(look, p: np.ndarray, footprint: np.ndarray) -> np.ndarray:
+def _ground_albedo(look, p: np.ndarray, footprint: np.ndarray, texture_footprint: np.ndarray) -> np.ndarray:
     x, z = p[:, 0], p[:, 2]
     ax = np.abs(x)
     out = np.empty((len(p), 3), np.float32)
@@ -405,7 +442,7 @@ def _ground_albedo(look, p: np.ndarray, footprint: np.ndarray) -> np.ndarray:
         if not region.any():
             continue
         q, fp = p[region], footprint[region]
-        alb = _albedo(mat, q, np.tile([0.0, -1.0, 0.0], (len(q), 1)), fp)
+        alb = _albedo(mat, q, np.tile([0.0, -1.0, 0.0], (len(q), 1)), fp, texture_footprint[region])
         if mat.pattern == PATTERN_TILES:
             grid = 1 - (1 - _band(q[:, 0], 0.6, 0.0, 0.08, fp)) * (1 - _band(q[:, 2], 0.6, 0.0, 0.08, fp))
             weight = _fade(fp, 0.6)

@@ -1,0 +1,171 @@
+"""Unlabelled frame sources: video files (OpenCV / FFmpeg) and image folders.
+
+Video frame counts come from the container and are checked while decoding: a video that
+ends early, or holds more frames than it claims, raises :class:`DataError` naming the file
+and frame, instead of silently truncating a corpus.
+"""
+
+from __future__ import annotations
+
+import glob as globlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from videocups_ray.data.encodings import read_image
+from videocups_ray.data.sources import IMAGE_EXTENSIONS, LIST_EXTENSIONS, FrameSource
+from videocups_ray.data.types import DataError, Frame
+
+
+class VideoFileSource(FrameSource):
+    """One video file (mp4, avi, ...) as one video; the video ID is the file stem."""
+
+    has_labels = False
+
+    def __init__(self, path: str | os.PathLike, video_id: str | None = None):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise DataError(f"{self.path}: video file not found")
+        self.video_id = video_id or self.path.stem
+        cap = self._open()
+        try:
+            self._count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+            self.fps = float(cap.get(cv2.CAP_PROP_FPS))
+            self._size = (int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)))
+        finally:
+            cap.release()
+        if self._count <= 0:
+            raise DataError(f"{self.path}: container reports no frame count ({self._count}); "
+                            "re-mux it (e.g. ffmpeg -c copy) or extract frames to a folder")
+
+    def __repr__(self) -> str:
+        return f"VideoFileSource({str(self.path)!r})"
+
+    def _open(self) -> cv2.VideoCapture:
+        cap = cv2.VideoCapture(str(self.path))
+        if not cap.isOpened():
+            cap.release()
+            raise DataError(f"{self.path}: cannot open video (not a video or unsupported codec)")
+        return cap
+
+    def videos(self) -> list[str]:
+        return [self.video_id]
+
+    def num_frames(self, video_id: str) -> int:
+        self._check_video(video_id, [self.video_id])
+        return self._count
+
+    def frames(self, video_id: str, start: int = 0, stop: int | None = None) -> Iterator[Frame]:
+        self._check_video(video_id, [self.video_id])
+        positions = self._range(self._count, start, stop, str(self.path))
+        cap = self._open()
+        try:
+            # grab() walks to the start: seeking by CAP_PROP_POS_FRAMES is not frame-exact for
+            # every codec, and a wrong frame_index would corrupt tracking silently.
+            for i in range(positions.start):
+                if not cap.grab():
+                    raise DataError(f"{self.path}: video ends at frame {i} while seeking to frame "
+                                    f"{positions.start}; the container claims {self._count} frames")
+            for i in positions:
+                ok, bgr = cap.read()
+                if not ok or bgr is None:
+                    raise DataError(f"{self.path}: cannot decode frame {i} of {self._count} "
+                                    "(truncated or corrupt video)")
+                yield Frame(video_id=self.video_id, frame_index=i,
+                            image=np.ascontiguousarray(bgr[..., ::-1]), extra={"fps": self.fps})
+            if positions.stop == self._count and cap.grab():
+                raise DataError(f"{self.path}: decoded more frames than the {self._count} the "
+                                "container claims; re-mux the file so its frame count is right")
+        finally:
+            cap.release()
+
+
+class ImageFolderSource(FrameSource):
+    """Image files grouped into videos by their folder, frames sorted by file name."""
+
+    has_labels = False
+
+    def __init__(self, videos: dict[str, list[Path]], origin: str = ""):
+        if not videos:
+            raise DataError(f"{origin}: no images found")
+        self._videos = {vid: list(paths) for vid, paths in videos.items()}
+        self.origin = origin
+        for vid, paths in self._videos.items():
+            if not paths:
+                raise DataError(f"{origin}: video {vid!r} has no images")
+
+    def __repr__(self) -> str:
+        return f"ImageFolderSource({self.origin!r})"
+
+    @classmethod
+    def from_spec(cls, spec: str | os.PathLike) -> "ImageFolderSource":
+        """A folder of images, a glob pattern, or a text file with one image path a line."""
+        spec = os.fspath(spec)
+        path = Path(spec)
+        if path.is_dir():
+            files = [p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+            if not files:
+                raise DataError(f"{path}: folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+            return cls({path.name: sorted(files, key=lambda p: p.name)}, spec)
+        if path.is_file() and path.suffix.lower() in LIST_EXTENSIONS:
+            return cls(cls._group(cls._read_list(path)), spec)
+        if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
+            return cls({path.stem: [path]}, spec)
+        if globlib.has_magic(spec):
+            files = [Path(p) for p in globlib.glob(spec, recursive=True)
+                     if Path(p).is_file() and Path(p).suffix.lower() in IMAGE_EXTENSIONS]
+            if not files:
+                raise DataError(f"{spec}: glob matches no image files")
+            return cls(cls._group(files), spec)
+        raise DataError(f"{spec}: not an image folder, image list or glob (or it does not exist)")
+
+    @staticmethod
+    def _read_list(path: Path) -> list[Path]:
+        files = []
+        for lineno, line in enumerate(path.read_text().splitlines(), 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            p = Path(line) if Path(line).is_absolute() else path.parent / line
+            if not p.is_file():
+                raise DataError(f"{path}:{lineno}: listed image {p} not found")
+            files.append(p)
+        if not files:
+            raise DataError(f"{path}: image list is empty")
+        return files
+
+    @staticmethod
+    def _group(files: list[Path]) -> dict[str, list[Path]]:
+        """One video per parent folder; the ID is the folder name, or its path where names clash."""
+        by_dir: dict[Path, list[Path]] = {}
+        for f in files:
+            by_dir.setdefault(f.parent, []).append(f)
+        names = [d.name for d in by_dir]
+        out = {}
+        for d, fs in by_dir.items():
+            vid = d.name if names.count(d.name) == 1 and d.name else str(d).strip("/").replace("/", "__")
+            out[vid] = sorted(fs, key=lambda p: p.name)
+        return out
+
+    def videos(self) -> list[str]:
+        return sorted(self._videos)
+
+    def num_frames(self, video_id: str) -> int:
+        self._check_video(video_id, self._videos)
+        return len(self._videos[video_id])
+
+    def frames(self, video_id: str, start: int = 0, stop: int | None = None) -> Iterator[Frame]:
+        self._check_video(video_id, self._videos)
+        paths = self._videos[video_id]
+        first_shape = None
+        for i in self._range(len(paths), start, stop, f"{self.origin} video {video_id!r}"):
+            image = read_image(paths[i])
+            if first_shape is None:
+                first_shape = image.shape
+            elif image.shape != first_shape:
+                raise DataError(f"{paths[i]}: image size {image.shape[1]}x{image.shape[0]} differs from "
+                                f"the video's first frame ({first_shape[1]}x{first_shape[0]})")
+            yield Frame(video_id=video_id, frame_index=i, image=image, extra={"path": str(paths[i])})
