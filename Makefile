@@ -19,8 +19,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt | $(PY)
 	$(PIP) install -q -c constraints.txt -e .
 	touch $@
 
+# Tests include the DeepSpeed training path (it runs on CPU), so the test install has it.
 $(VENV)/.installed-test: pyproject.toml constraints.txt | $(PY)
-	$(PIP) install -q -c constraints.txt -e ".[test]"
+	$(PIP) install -q -c constraints.txt -e ".[test,deepspeed]"
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed
