@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench_cues.py [--quick]
 
 SynthDrive val: seeds 7xx (tests use seeds < 100), 256x512. Prints, with the load average:
+(``+contact``: the optional ground-contact motion cue, ``DepthConfig.contact_ratio``)
 - flow: EPE and Fl-all on non-occluded pixels, per DIS preset, against zero flow (baseline);
 - depth: AbsRel and delta<1.25 on static and moving pixels, and motion-mask IoU, for the
   geometry backend on DIS flow and on oracle flow, against the flat-ground prior (baseline);
@@ -111,10 +112,10 @@ def bench_flow(seqs: list[list]) -> dict:
     return rows
 
 
-def bench_depth(seqs: list[list], flow_backend: str) -> dict:
+def bench_depth(seqs: list[list], flow_backend: str, depth_cfg: DepthConfig | None = None) -> dict:
     flow = build_flow(FlowConfig(backend=flow_backend))
     flow.setup("cpu")
-    est = build_depth(DepthConfig())
+    est = build_depth(depth_cfg or DepthConfig())
     est.setup("cpu")
     acc = np.zeros((4, 3))  # static, moving, prior static, prior moving: (absrel sum, delta sum, n)
     inter = union = 0
@@ -251,9 +252,10 @@ def main() -> None:
     print(f"  zero flow (baseline)   {fl['medium']['zero_epe']:6.2f}  {fl['medium']['zero_fl']:7.1f}")
 
     print("\ndepth+motion           AbsRel st  d<1.25 st  AbsRel mov  d<1.25 mov  motion IoU  ms/frame")
-    for fb in ("dis", "oracle"):
-        d = bench_depth(seqs, fb)
-        print(f"  geometry on {fb:<9} {d['absrel_static']:9.3f}  {d['d125_static']:9.3f}  {d['absrel_moving']:10.3f}"
+    for fb, contact in (("dis", None), ("dis", 1.4), ("oracle", 1.4), ("oracle", None)):
+        d = bench_depth(seqs, fb, DepthConfig(contact_ratio=contact))
+        name = fb + ("+contact" if contact else "")
+        print(f"  geometry on {name:<9} {d['absrel_static']:9.3f}  {d['d125_static']:9.3f}  {d['absrel_moving']:10.3f}"
               f"  {d['d125_moving']:10.3f}  {d['iou']:10.3f}  {d['ms']:8.1f}")
     print(f"  flat-ground prior      {d['prior_static']:9.3f}             {d['prior_moving']:10.3f}"
           f"              {d['base_iou']:10.3f}  (baseline; IoU: |flow| > 2x median)")

@@ -124,3 +124,19 @@ def test_monodepth_mismatched_checkpoint(tmp_path):
     torch.save(state, tmp_path / "shape.pt")
     with pytest.raises(CheckpointError, match="shape mismatches: depth_decoder.decoder.10.conv.weight"):
         build_depth(DepthConfig(backend="monodepth", checkpoint=str(tmp_path / "shape.pt")))
+
+
+def test_ground_contact_cue_finds_things_moving_along_the_epipolar_lines():
+    # seed 7, sequence 0 (frames 0-2): an oncoming car moves along its epipolar lines, so the
+    # Sampson residual misses it; with exact flow the ground-contact test must flag it
+    frames = list(generate_sequence(SynthConfig(height=128, width=256, frames=3, seed=7), 0))
+    flow = build_flow(FlowConfig(backend="oracle"))(frames[:2], frames[1:])
+    moving = np.stack([f.extra["motion"] for f in frames[:2]]).astype(bool)
+    assert moving.sum() > 500, "the sequence must show moving things"
+    off = build_depth(DepthConfig())(frames[:2], None, flow)
+    on = build_depth(DepthConfig(contact_ratio=1.4))(frames[:2], None, flow)
+    recall_off, recall_on = (float((d.motion_prob[moving] > 0.5).mean()) for d in (off, on))
+    false_on = float((on.motion_prob[~moving] > 0.5).mean())
+    assert recall_on > recall_off + 0.2, (recall_off, recall_on)
+    assert false_on < 0.05
+    assert np.isfinite(on.depth).all() and 0 <= on.motion_prob.min() and on.motion_prob.max() <= 1

@@ -18,9 +18,11 @@ from videocups_ray.data.synthdrive import (
 from videocups_ray.data.synthdrive_scene import build_scene
 
 WARP_MAE_BOUND = 2.5  # grey levels, mean over valid pixels and channels (noise-free render)
-# grey levels, median over valid pixels; measured 0.44-0.47 forward, 0.51-0.57 backward (the
-# backward warp samples the earlier, minified view), 0.63-0.85 with a 0.3 px flow error
-WARP_MEDIAN_BOUND = {"forward": 0.55, "backward": 0.65}
+# grey levels, median over valid pixels. With the fine-grained (value-noise) textures bilinear
+# resampling itself costs more: measured 0.54-0.60 forward, 0.72-0.84 backward (the backward
+# warp samples the earlier, minified view); a 0.3 px flow error in any of 4 directions gives
+# 0.82-0.90 forward, 1.00-1.19 backward, so these bounds still catch it
+WARP_MEDIAN_BOUND = {"forward": 0.70, "backward": 0.92}
 STATIC_FLOW_TOL = 1e-3  # px
 MOVING_MEDIAN_BOUND = 1.0  # grey levels, median warp error on independently moving pixels
 

@@ -94,6 +94,9 @@ class DepthConfig(_Section):
     focal: float | None = Field(None, gt=0)  # px; used when a frame has no extra["K"] (KITTI ~721)
     focal_scale: float = Field(0.9, gt=0)  # focal = focal_scale * width when focal is None
     below_ground_ratio: float = Field(1.3, gt=1)  # static depth / road-plane depth above it = moving
+    # depth / ground-contact depth ratio (either way) giving motion prob 0.5; None = cue off. bench_cues.py:
+    # on oracle flow motion IoU 0.23 -> 0.57, on DIS flow recall up but false positives on trees (off by default)
+    contact_ratio: float | None = Field(None, gt=1.15)
     encoder: Literal["resnet18", "resnet50"] = "resnet18"  # learned backend
     checkpoint: str | None = None
     device: str = "cpu"
@@ -257,6 +260,26 @@ class TrainConfig(_Section):
     self_enhanced_iou: float = Field(0.5, gt=0, le=1)  # skip predictions at this IoU with pseudo boxes
     seed: int = 0
     max_failures: int = Field(2, ge=0)
+    # --- Ray Train runtime (pipelines/train*.py)
+    cpus_per_worker: float = Field(0.5, gt=0)  # logical CPUs per Ray Train worker (0.5: 2-core hang trap with map_batches)
+    torch_threads: int | None = Field(None, ge=1)  # intra-op threads per worker; None = torch's default
+    ddp_find_unused: bool = True  # DDP find_unused_parameters (heads without targets in a step)
+    bf16: bool = True  # DeepSpeed bf16 when the GPU supports it (never on CPU)
+    keep_checkpoints: int = Field(2, ge=1)  # Ray Train checkpoints kept in the run folder
+    log_every: int = Field(1, ge=1)  # steps between progress lines / metrics.jsonl records
+    fail_after_step: int | None = Field(None, ge=1)  # test hook: raise once right after this step's checkpoint
+    # --- training data (Ray Data: read -> decode -> pairs -> augment)
+    pair_stride: int = Field(1, ge=1)  # frames between a pair's key and reference frame
+    cache_pairs: bool = False  # materialize decoded pairs once (small corpora: later epochs skip decoding)
+    shuffle_buffer: int = Field(16, ge=0)  # pairs in each worker's local shuffle buffer; 0 = off
+    flip_prob: float = Field(0.5, ge=0, le=1)  # augmentation: horizontal flip of a whole pair
+    color_jitter: float = Field(0.1, ge=0, lt=1)  # augmentation: max relative brightness/contrast change
+    copy_paste_bank: int = Field(64, ge=1)  # tubes kept per worker as copy-paste sources
+    # --- inference (pipelines/infer.py)
+    infer_batch_size: int = Field(4, ge=1)  # frames per model forward
+    infer_actors: int = Field(1, ge=1)  # Ray Data actors (one video per call) for the ray engine
+    infer_cpus_per_actor: float = Field(0.5, gt=0)  # logical CPUs per inference actor
+    infer_gpus_per_actor: float = Field(0.0, ge=0)  # GPUs per inference actor (fractional allowed)
 
 
 # --------------------------------------------------------------------------- top level

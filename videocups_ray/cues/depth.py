@@ -43,6 +43,10 @@ _SAMPLE_STEP = 4  # px between sampled correspondences for RANSAC
 _MAX_SAMPLES = 3000  # correspondences given to findEssentialMat
 _REFINE_POINTS = 1000  # correspondences in the robust pose refinement
 _MIN_COMPONENT = 30  # px; smaller moving blobs keep their triangulated / filled depth
+_ROAD_TOL = 0.1  # relative; |depth / road-plane depth - 1| below this is road
+_CONTACT_JUMP = 0.15  # log-depth step between vertical neighbours that ends a surface
+_CONTACT_GAP = 12  # rows; unmeasured pixels crossed between an upright surface and its road contact
+_CONTACT_FREE = 1.15  # depth / contact depth ratio (either way) still taken as static (bumpers, clearance)
 
 
 def _check_flow(flow: FlowResult, n: int, hw: tuple[int, int]) -> None:
@@ -151,6 +155,8 @@ class GeometryDepth(Estimator):
         p_far = np.where(usable, p_far, 0.0)
         behind = ~occ & (parallax >= 2 * cfg.min_parallax) & (z <= 0)
         prob = np.maximum(np.maximum(p_epi, p_far), behind.astype(np.float32))
+        if cfg.contact_ratio is not None:
+            prob = np.maximum(prob, self._contact_motion(np.where(reliable, z * scale, 0.0), zp, reliable, parallax))
         prob = ndimage.median_filter(prob.astype(np.float32), size=5)
 
         measured = reliable & (prob < 0.5)
@@ -176,6 +182,46 @@ class GeometryDepth(Estimator):
             idx = rng.choice(idx, 2000, replace=False)
         pts = (z.reshape(-1)[idx, None] * rays.reshape(-1, 3)[idx]).astype(np.float64)
         return geo.fit_ground_plane(pts, rng)
+
+    def _contact_motion(self, depth: np.ndarray, zp: np.ndarray, reliable: np.ndarray,
+                        parallax: np.ndarray) -> np.ndarray:
+        """Motion probability from the ground contact of upright surfaces.
+
+        A thing moving along the ego direction (oncoming or same-lane car, person walking along
+        the sidewalk) moves along its epipolar lines, so the Sampson residual cannot see it; but
+        its triangulated depth is scaled by ego / (ego - own) speed. A static upright surface
+        stands on the road, so in each column its depth equals the road-plane depth where it
+        meets the road; walking up from that contact (stopping at a depth jump, i.e. at another
+        surface behind it) any other ratio means independent motion. Triangulated depth is only
+        as good as the parallax (relative error ~ flow noise / parallax), so the evidence fades
+        out below ``16 * min_parallax`` and the ratio map is median-filtered.
+        """
+        cfg = self.cfg
+        h, w = depth.shape
+        logd = np.log(np.maximum(cv2.medianBlur(depth.astype(np.float32), 5), 1e-3))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = depth / zp
+        road = reliable & np.isfinite(zp) & (np.abs(rel - 1.0) < _ROAD_TOL)
+        upright = reliable & ~road
+        log_zp = np.log(np.where(np.isfinite(zp) & (zp > 0), zp, 1.0)).astype(np.float32)
+        log_contact = np.full(w, np.nan, np.float32)
+        prev = np.full(w, np.nan, np.float32)
+        gap = np.zeros(w, np.int32)  # unreliable rows crossed since the last measured pixel
+        ratio = np.zeros((h, w), np.float32)
+        for v in range(h - 1, -1, -1):  # bottom-up scan, vectorised over columns
+            on_road, up = road[v], upright[v]
+            # a depth jump starts another surface; occluded pixels (e.g. the road an oncoming
+            # car is about to cover) are crossed for up to _CONTACT_GAP rows
+            jump = np.abs(logd[v] - prev) > _CONTACT_JUMP
+            keep = (up & ~jump) | (~on_road & ~up & (gap < _CONTACT_GAP))
+            log_contact = np.where(on_road, log_zp[v], np.where(keep, log_contact, np.nan))
+            ratio[v] = np.where(up & np.isfinite(log_contact), logd[v] - log_contact, 0.0)
+            prev = np.where(up, logd[v], np.where(on_road, np.nan, prev))
+            gap = np.where(on_road | up, 0, gap + 1)
+        ratio = cv2.medianBlur(cv2.medianBlur(np.abs(ratio), 5), 5)
+        lo, hi = np.log(_CONTACT_FREE), np.log(cfg.contact_ratio or 1.4)
+        trust = np.clip((parallax - 8 * cfg.min_parallax) / (8 * cfg.min_parallax), 0.0, 1.0)
+        return (trust * np.clip(0.5 * (ratio - lo) / max(hi - lo, 1e-6), 0.0, 1.0)).astype(np.float32)
 
     @staticmethod
     def _expected_parallax(rays: np.ndarray, K: np.ndarray, pose: geo.Pose, z_rel: np.ndarray) -> np.ndarray:

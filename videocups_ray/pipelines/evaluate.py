@@ -292,13 +292,21 @@ def evaluate_paths(gt: str | Path, pred: str | Path, *, fmt: LabelFormat, cfg: E
                    unsupervised: bool = False) -> dict[str, Any]:
     """:func:`evaluate` on two folders (read twice when ``unsupervised``).
 
+    ``pred`` may also be a pseudo-label shard directory (it holds ``manifest.json``), read
+    with :func:`videocups_ray.pipelines.pseudolabel.read_pseudolabels`.
+
     Ground truth is read with the dataset reader (:func:`videocups_ray.data.sources.open_source`)
     when the folder is a full dataset (images + labels); a labels-only folder and the
     predictions are read with :func:`load_label_dir`.
     """
     from videocups_ray.data.sources import open_source
+    from videocups_ray.pipelines.pseudolabel import is_shard_dir, read_pseudolabels
 
-    _label_files(Path(pred), fmt)  # fail early, before any metric work
+    if is_shard_dir(pred):  # pseudo-label shards: the manifest's thing/stuff split is applied
+        pred_frames: FrameSource = lambda: read_pseudolabels(pred)  # noqa: E731
+    else:
+        _label_files(Path(pred), fmt)  # fail early, before any metric work
+        pred_frames = lambda: load_label_dir(pred, fmt)  # noqa: E731
     try:
         source = open_source(gt, fmt)
         use_reader = source.has_labels
@@ -310,4 +318,4 @@ def evaluate_paths(gt: str | Path, pred: str | Path, *, fmt: LabelFormat, cfg: E
     else:
         _label_files(Path(gt), fmt)
         gt_frames = lambda: load_label_dir(gt, fmt)  # noqa: E731
-    return evaluate(gt_frames, lambda: load_label_dir(pred, fmt), cfg=cfg, unsupervised=unsupervised)
+    return evaluate(gt_frames, pred_frames, cfg=cfg, unsupervised=unsupervised)

@@ -1,0 +1,164 @@
+"""Pseudo-label quality: STQ / AQ / SQ (unsupervised matching) of the local engine's shards.
+
+SynthDrive validation corpus at 256x512 (seed 7, not used by any tuning) with (a) oracle cues
+(ground-truth flow, depth, independent motion) and (b) the default cues (DIS flow, geometry
+depth + motion, handmade features), each with the paper's ablations (one step removed at a
+time; delta against the full pipeline of the same cues, measured in the same run). Then the
+real KITTI-STEP sample with default cues, with overlays under ``runs/bench_pseudolabels/``.
+
+Cues are computed once per cue mode and shared by the labeling variants (``run_local(...,
+cues=...)``); every variant writes its own shards and is scored by ``evaluate_pseudolabels``,
+the function ``evaluate_paths`` uses for a shard directory. The labeling-step throughput
+(proposals + semantics + tracking, cues given, no writing) is timed separately.
+
+Targets (issue 6): oracle STQ >= 0.70; default STQ >= 0.50, AQ >= 0.45; each ablation lowers
+STQ; labeling >= 15 frames/s.
+
+    .venv/bin/python benchmarks/bench_pseudolabels.py [--quick] [--out runs/bench_pseudolabels]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from videocups_ray.config import Config, with_overrides
+from videocups_ray.data.encodings import write_png
+from videocups_ray.data.sources import open_source
+from videocups_ray.pipelines.pseudolabel import (
+    MemorySource,
+    evaluate_pseudolabels,
+    read_pseudolabels,
+    run_local,
+    synth_source,
+)
+from videocups_ray.pipelines.stages import CueStages, LabelStage, VideoCueRunner
+from videocups_ray.viz.overlays import colorize_panoptic
+
+ABLATIONS = {
+    "full": {},
+    "no tracking (per-frame IDs)": {"tracking": False},
+    "no recovery": {"recovery": False},
+    "no semantic smoothing": {"semantic_vote": False},
+    "no clip alignment": {"clip_alignment": False},
+    "no depth-guided fusion": {"depth_fusion": False},
+}
+CUE_MODES = {
+    "oracle": {"flow": {"backend": "oracle"}, "depth": {"backend": "oracle"}},
+    "default": {},
+}
+KITTI = Path(__file__).resolve().parents[2] / "shared" / "data" / "kitti_step_0001"
+
+
+def compute_cues(cfg: Config, source) -> tuple[dict, float]:
+    stages = CueStages.from_config(cfg)
+    stages.setup()
+    t = time.perf_counter()
+    cues = {v: list(VideoCueRunner(stages, cfg.cues.flow.batch_size).run(source.frames(v))) for v in source.videos()}
+    return cues, time.perf_counter() - t
+
+
+def label_throughput(cfg: Config, cues: dict, centroids: np.ndarray) -> float:
+    stage = LabelStage(cfg, centroids)
+    stage.setup()
+    n = 0
+    t = time.perf_counter()
+    for vid, items in cues.items():
+        stage.reset()
+        for _, c in items:
+            n += len(stage.push(c))
+        n += len(stage.flush())
+    return n / (time.perf_counter() - t)
+
+
+def run_variant(cfg: Config, source, cues: dict, out: Path) -> tuple[dict, dict]:
+    shutil.rmtree(out, ignore_errors=True)
+    summary = run_local(cfg, source, out, progress=False, cues=lambda v: cues[v])
+    return summary, evaluate_pseudolabels(out, source, cfg.eval)
+
+
+def fmt_row(name: str, r: dict, base: dict | None) -> str:
+    delta = "" if base is None else f"{100 * (r['STQ'] - base['STQ']):+7.1f} {r['STQ'] / max(base['STQ'], 1e-9):6.2f}x"
+    return f"  {name:30s}{100 * r['STQ']:7.1f}{100 * r['AQ']:7.1f}{100 * r['SQ']:7.1f}  {delta}"
+
+
+def bench_synth(base: Config, out: Path, quick: bool) -> None:
+    synth = {"height": 256, "width": 512, "seed": 7, "sequences": 1 if quick else 3, "frames": 8 if quick else 20}
+    cfg0 = with_overrides(base, synth=synth)
+    t = time.perf_counter()
+    source = synth_source(cfg0.synth)
+    print(f"SynthDrive val: {len(source.videos())} sequences x {synth['frames']} frames at 256x512 "
+          f"(rendered in {time.perf_counter() - t:.1f} s)")
+    for mode, cue_cfg in CUE_MODES.items():
+        cfg = with_overrides(cfg0, cues=cue_cfg)
+        cues, secs = compute_cues(cfg, source)
+        nframes = sum(len(v) for v in cues.values())
+        print(f"\n[{mode} cues] cue stages {nframes / secs:.2f} frames/s   loadavg {os.getloadavg()[0]:.2f}")
+        print(f"  {'variant':30s}{'STQ':>7s}{'AQ':>7s}{'SQ':>7s}  {'dSTQ':>7s} {'ratio':>6s}")
+        base_res = None
+        for name, lab in ABLATIONS.items():
+            vcfg = with_overrides(cfg, labeling=lab)
+            summary, res = run_variant(vcfg, source, cues, out / "synth" / mode / name.split()[0 if name == "full" else 1])
+            print(fmt_row(name, res, base_res), flush=True)
+            if base_res is None:
+                base_res = res
+                cents = np.load(summary["centroids"])
+                fps = label_throughput(vcfg, cues, cents)
+                things = summary["thing_classes"]
+        print(f"  thing pseudo-classes: {things}; labeling step (cues given) {fps:.1f} frames/s "
+              f"({fps / 15:.2f}x the 15 frames/s target)   loadavg {os.getloadavg()[0]:.2f}")
+
+
+def bench_kitti(base: Config, out: Path) -> None:
+    if not KITTI.is_dir():
+        print(f"\nKITTI-STEP sample not found at {KITTI}; skipped")
+        return
+    cfg = with_overrides(base, cues={"depth": {"focal": 721.5}},
+                         labeling={"kmeans_frames_per_video": 9})
+    gt = open_source(KITTI)
+    source = MemorySource(list(gt), has_labels=True)
+    shards = out / "kitti" / "shards"
+    shutil.rmtree(shards, ignore_errors=True)
+    t = time.perf_counter()
+    summary = run_local(cfg, source, shards, progress=False)
+    secs = time.perf_counter() - t
+    res = evaluate_pseudolabels(shards, source, cfg.eval)
+    print(f"\n[KITTI-STEP 0001, default cues] {summary['frames']} frames at 375x1242, end to end "
+          f"{summary['frames'] / secs:.2f} frames/s   loadavg {os.getloadavg()[0]:.2f}")
+    print(f"  {'':30s}{'STQ':>7s}{'AQ':>7s}{'SQ':>7s}")
+    print(fmt_row("full", res, None))
+    gts = {(f.video_id, f.frame_index): f for f in source}
+    for f in read_pseudolabels(shards):
+        g = gts[(f.video_id, f.frame_index)]
+        panel = np.concatenate([
+            f.image,
+            colorize_panoptic(f.semantic, f.instance, palette="pseudo", image=f.image),
+            colorize_panoptic(g.semantic, g.instance, image=f.image),
+        ])
+        write_png(out / "kitti" / "overlays" / f"{f.frame_index:06d}.png", panel)
+    print(f"  overlays (image / pseudo-label / ground truth): {out / 'kitti' / 'overlays'}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="one short sequence")
+    ap.add_argument("--out", default="runs/bench_pseudolabels")
+    ap.add_argument("--skip-kitti", action="store_true")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    out = Path(args.out)
+    base = Config()
+    print(f"loadavg at start {os.getloadavg()}")
+    bench_synth(base, out, args.quick)
+    if not args.skip_kitti:
+        bench_kitti(base, out)
+
+
+if __name__ == "__main__":
+    main()
