@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -63,6 +64,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pseudolabel(args: argparse.Namespace) -> int:
+    extra = [f"ray.address={args.address}"] if args.address else []
+    cfg = _config(args, extra)
+    if args.engine == "local":
+        from videocups_ray.pipelines.pseudolabel import run_local as run
+    else:
+        from videocups_ray.pipelines.ray_pseudolabel import run_ray as run
+    summary = run(cfg, args.input, args.out, progress=not args.quiet)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="videocups", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -85,6 +98,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_demo)
 
+    p = sub.add_parser("pseudolabel", help="pseudo-label a corpus into Parquet shards")
+    p.add_argument("--input", required=True,
+                   help="videos, folders, a glob, a list file, a dataset folder, or 'synth:' (SynthDrive in memory)")
+    p.add_argument("--out", required=True, help="shard folder (local path or s3://, gs://)")
+    p.add_argument("--engine", choices=["ray", "local"], default="ray",
+                   help="ray: the distributed actor pipeline (default); local: one process")
+    p.add_argument("--address", help="Ray address: auto, ray://host:10001 (default: start a local instance)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_pseudolabel)
+
     p = sub.add_parser("eval", help="score predictions against ground truth (STQ, VPQ)")
     p.add_argument("--gt", required=True, help="ground-truth folder")
     p.add_argument("--pred", required=True, help="prediction folder (label PNGs) or shard folder")
@@ -99,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Numba's default cache lives beside the installed sources, which may be read-only or
+    # shared between versions; one user-level folder is safer. Set before numba is imported.
+    os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".cache" / "videocups" / "numba"))
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
