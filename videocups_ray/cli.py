@@ -76,6 +76,17 @@ def cmd_pseudolabel(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stream(args: argparse.Namespace) -> int:
+    from videocups_ray.pipelines.streaming import run_stream
+
+    cfg = _config(args)
+    source: str | int = int(args.source) if args.source.isdigit() else args.source
+    summary = run_stream(cfg, source, args.out, centroids=args.centroids, fps=args.fps,
+                         max_frames=args.max_frames, idle_timeout_s=args.idle_timeout)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="videocups", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -108,6 +119,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_config_args(p)
     p.set_defaults(func=cmd_pseudolabel)
+
+    p = sub.add_parser("stream", help="online pseudo-labeling of a live stream into shards")
+    p.add_argument("--source", required=True,
+                   help="camera index (e.g. 0), a video file, or a folder to watch for new images")
+    p.add_argument("--out", required=True, help="shard folder")
+    p.add_argument("--centroids", help="k-means centroids (.npy) from a corpus run; default: fit on the first frames")
+    p.add_argument("--fps", type=float, help="pace a recorded source at this arrival rate (frames/s)")
+    p.add_argument("--max-frames", type=int, help="stop after this many frames")
+    p.add_argument("--idle-timeout", type=float, default=5.0,
+                   help="a watched folder ends after this many seconds without a new frame")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_stream)
 
     p = sub.add_parser("eval", help="score predictions against ground truth (STQ, VPQ)")
     p.add_argument("--gt", required=True, help="ground-truth folder")

@@ -55,11 +55,12 @@ def stage_gt_shards(cfg: Config, corpus: Path, run: Path) -> Path:
 
 
 def stage_pseudolabel(cfg: Config, corpus: Path, run: Path) -> tuple[Path, dict]:
-    """Pseudo-label the corpus with the default (weight-free) cues into shards."""
-    from videocups_ray.pipelines.pseudolabel import run_local
+    """Pseudo-label the corpus with the default (weight-free) cues into shards, through the
+    Ray actor pipeline on a local Ray instance started and stopped here."""
+    from videocups_ray.pipelines.ray_pseudolabel import run_ray
 
     out = run / "shards_pseudo"
-    summary = run_local(cfg, str(corpus), str(out), progress=True)
+    summary = run_ray(cfg, str(corpus), str(out), progress=True)
     return out, summary
 
 

@@ -1,0 +1,135 @@
+"""Actors called directly (no Ray): writer exactly-once, chunk plans, ID stitching, streaming."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from videocups_ray.actors.base import FailurePlan
+from videocups_ray.actors.writer import SKIPPED_KEY, WriterActor, apply_id_map
+from videocups_ray.config import Config, with_overrides
+from videocups_ray.data.shards import read_manifest, read_shards
+from videocups_ray.data.synthdrive import generate_sequence
+from videocups_ray.data.types import DataError
+from videocups_ray.pipelines.pseudolabel import MemorySource, run_local
+from videocups_ray.pipelines.ray_chunks import plan_chunks, stitch_ids
+from videocups_ray.pipelines.streaming import StreamingPseudoLabeler, StreamRunner
+
+
+def _row(vid: str, i: int, inst_id: int = 1) -> dict:
+    inst = np.zeros((8, 8), np.int32)
+    inst[2:5, 2:5] = inst_id
+    return {"video_id": vid, "frame_index": i, "image": np.full((8, 8, 3), i, np.uint8),
+            "semantic": np.full((8, 8), 3, np.uint8), "instance": inst, "ignore": np.zeros((8, 8), bool)}
+
+
+def test_writer_actor_exactly_once_and_held_chunks(tmp_path):
+    cfg = Config().shards.model_copy(update={"rows_per_shard": 2})
+    w = WriterActor(str(tmp_path), cfg, "h", "v")
+    assert w.setup() == {}
+    assert w.write("a@0", [_row("a", 0), _row("a", 1)], mapped=True) == 2
+    assert w.write("a@0", [_row("a", 1)], mapped=True) == 0  # a redone chunk re-sends frame 1
+    assert w.write("a@2", [_row("a", 2, inst_id=7)], mapped=False) == 0  # held: no ID map yet
+    assert w.set_id_map("a@2", {7: 3}) == 1
+    w.release("a@2")
+    w.record_skipped("bad", "DataError: frame 3 undecodable")
+    counts = w.finish()
+    assert counts["duplicates"] == 1 and counts["written"] == 3
+    frames = {f.frame_index: f for f in read_shards(tmp_path)}
+    assert sorted(frames) == [0, 1, 2] and set(np.unique(frames[2].instance)) == {0, 3}
+    assert read_manifest(tmp_path)["meta"][SKIPPED_KEY] == {"bad": "DataError: frame 3 undecodable"}
+    w2 = WriterActor(str(tmp_path), cfg, "h", "v")  # resume: committed keys come back
+    assert w2.setup() == {"a": [0, 1, 2]}
+    with pytest.raises(DataError, match="config hash"):
+        WriterActor(str(tmp_path), cfg, "other", "v").setup()
+
+
+def test_writer_refuses_to_finish_with_held_rows(tmp_path):
+    w = WriterActor(str(tmp_path), Config().shards, "h", "v")
+    w.setup()
+    w.write("a@5", [_row("a", 5)], mapped=False)
+    with pytest.raises(DataError, match="a@5"):
+        w.finish()
+
+
+def test_plan_chunks_cover_every_frame_once():
+    cfg = with_overrides(Config(), labeling={"clip_length": 5}, ray={"chunk_frames": 12, "chunk_overlap": 2})
+    chunks = plan_chunks("v", 23, cfg)  # 12 rounds down to 10 (whole clips); a 3-frame remainder stays
+    assert [(c.start, c.stop, c.tail) for c in chunks] == [(0, 10, 2), (10, 20, 2), (20, 23, 0)]
+    owned = [i for c in chunks for i in range(c.start, c.stop)]
+    assert owned == list(range(23))
+    chunks = plan_chunks("v", 21, cfg)  # a 1-frame remainder joins the previous chunk
+    assert [(c.start, c.stop) for c in chunks] == [(0, 10), (10, 21)]
+    with pytest.raises(DataError, match="at least 2"):
+        plan_chunks("v", 1, cfg)
+
+
+def test_stitch_ids_matches_tracks_over_the_overlap():
+    tail = {10: np.zeros((6, 6), np.int32), 11: np.zeros((6, 6), np.int32)}
+    head = {10: np.zeros((6, 6), np.int32), 11: np.zeros((6, 6), np.int32)}
+    for m in tail.values():
+        m[0:3, 0:3], m[4:6, 4:6] = 40, 41
+    for m in head.values():
+        m[0:3, 0:3], m[3:4, 0:2] = 2, 1  # local 2 is global 40; local 1 is new
+    id_map, nxt = stitch_ids(tail, head, [1, 2, 5], next_id=42, tau=0.4, where="v")
+    assert id_map == {2: 40, 1: 42, 5: 43} and nxt == 44
+    assert apply_id_map(head[10], id_map)[0, 0] == 40
+    first, nxt = stitch_ids(None, {}, [3, 1], next_id=1, tau=0.4, where="v")
+    assert first == {3: 3, 1: 1} and nxt == 4
+
+
+def test_failure_plan_fires_once(tmp_path):
+    with pytest.raises(ValueError, match="kind"):
+        FailurePlan("nobody", 1, str(tmp_path / "m"))
+    (tmp_path / "m").write_text("")  # already fired in an earlier incarnation
+    from videocups_ray.actors.base import FailureInjector
+
+    inj = FailureInjector("flow", (FailurePlan("flow", 1, str(tmp_path / "m")),))
+    inj.tick()  # does not exit
+    assert inj.calls == 1
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    cfg = with_overrides(Config(), synth={"sequences": 1, "frames": 7, "height": 96, "width": 192, "seed": 5},
+                         labeling={"num_clusters": 5, "kmeans_iters": 5, "kmeans_samples_per_frame": 64,
+                                   "kmeans_frames_per_video": 2, "clip_length": 4})
+    frames = list(generate_sequence(cfg.synth, 0))
+    out = tmp_path_factory.mktemp("local") / "shards"
+    run_local(cfg, MemorySource(frames), out, progress=False)
+    return cfg, frames, out
+
+
+def test_streaming_emits_in_order_and_finals_equal_local(tiny):
+    cfg, frames, out = tiny
+    cents = np.load(out / "centroids.npy")
+    s = StreamingPseudoLabeler(cfg, cents)
+    provisional, finals, when = [], {}, {}
+    for f in frames:
+        for lf in s.push(f):
+            (finals.__setitem__(lf.frame_index, lf) if lf.final else provisional.append(lf.frame_index))
+            when.setdefault(lf.frame_index, f.frame_index)
+    for lf in s.end():
+        if lf.final:
+            finals[lf.frame_index] = lf
+    assert provisional == sorted(provisional)  # in order
+    assert all(when[t] - t <= 2 for t in when)  # first label of t no later than frame t+2's arrival
+    local = {f.frame_index: f for f in read_shards(out)}
+    assert sorted(finals) == sorted(local) == list(range(7))
+    for i, lf in finals.items():
+        assert np.array_equal(lf.semantic, local[i].semantic) and np.array_equal(lf.instance, local[i].instance)
+
+
+def test_stream_runner_backpressure_drop_is_counted(tiny):
+    cfg, frames, out = tiny
+    cents = np.load(out / "centroids.npy")
+    got = []
+    runner = StreamRunner(StreamingPseudoLabeler(cfg, cents), got.append, max_pending=1, policy="drop")
+    accepted = [runner.offer(f) for f in frames]  # pushed faster than it can be processed
+    stats = runner.close()
+    assert stats.dropped == accepted.count(False) >= 1 and stats.received == len(frames)
+    labelled = {lf.frame_index for lf in got if lf.final}
+    dropped = {f.frame_index for f, ok in zip(frames, accepted) if not ok}
+    assert not labelled & dropped
+    with pytest.raises(ValueError, match="policy"):
+        StreamRunner(StreamingPseudoLabeler(cfg, cents), got.append, max_pending=1, policy="maybe")

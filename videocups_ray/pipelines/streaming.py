@@ -1,0 +1,314 @@
+"""Online pseudo-labeling: frames pushed as they arrive, labels out with bounded latency.
+
+:class:`StreamingPseudoLabeler` runs the same stages as the corpus engines, one frame pair at
+a time, in the order of :class:`~videocups_ray.pipelines.stages.VideoCueRunner`, with the
+tracker in ``emit="online"`` mode:
+
+- frame t is *provisionally* labelled (``final=False``) as soon as its window (t-1, t, t+1)
+  exists. With these cues that is when frame t+2 arrives: t's forward flow needs t+1, and the
+  tracker labels t only once t+1's proposal (depth and region growing, which need t+1's own
+  forward flow, i.e. frame t+2) is in. Latency is therefore two frame periods plus processing;
+- when a clip closes, all its frames come again with ``final=True`` (clip-level class
+  alignment, short tracks dropped). Final frames equal the corpus engines' rows bit for bit.
+
+:class:`StreamRunner` adds arrival-time decoupling: a bounded queue between the producer
+(camera, file, watched folder) and a worker thread. When processing is slower than arrival,
+``ray.stream_backpressure`` decides: ``block`` (the producer waits; frames are never lost) or
+``drop`` (the newest frame is discarded, counted, logged once, and a dropped frame ends the
+current video segment, since the tracker needs consecutive frames). Both are reported.
+
+``run_stream(cfg, source, out)`` wires a source (camera index, video file, or a folder to
+watch) to the runner and writes final frames to shards. This engine runs in one process;
+the corpus engine (``ray_pseudolabel.py``) is the one that spreads work over a cluster.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from videocups_ray import __version__
+from videocups_ray.config import Config
+from videocups_ray.cues import DepthResult, FlowResult
+from videocups_ray.data.types import DataError, Frame
+from videocups_ray.labeling import LabelledFrame, SemanticLabeler, VideoTracker
+from videocups_ray.pipelines.stages import CueStages, assemble_cues, fit_centroids, labelled_to_row
+
+log = logging.getLogger(__name__)
+
+
+class StreamingPseudoLabeler:
+    """``push(frame) -> labelled frames`` for one live stream at a time (see the module doc)."""
+
+    def __init__(self, cfg: Config, centroids: np.ndarray, *, stages: CueStages | None = None):
+        self.cfg = cfg
+        self.stages = stages or CueStages.from_config(cfg)
+        self.stages.setup()
+        self.tracker = VideoTracker(cfg.labeling, semantics=SemanticLabeler(centroids, cfg.labeling), emit="online")
+        self._reset_stream()
+
+    def _reset_stream(self) -> None:
+        self.video_id: str | None = None
+        self._prev: Frame | None = None  # frame t-1 waiting for its pair ahead
+        self._prev_prev: Frame | None = None  # frame t-2 (the last frame's depth looks back to it)
+        self._flow_prev: FlowResult | None = None  # pair (t-2, t-1)
+        self._last_depth: DepthResult | None = None
+        self._last_flow: FlowResult | None = None
+        self.stages.depth.reset()
+        self.tracker.reset()
+
+    def push(self, frame: Frame) -> list[LabelledFrame]:
+        """Add the next frame; a new ``video_id`` ends the previous video first."""
+        out: list[LabelledFrame] = []
+        if self.video_id is not None and frame.video_id != self.video_id:
+            out += self.end()
+        if self.video_id is None:
+            self.video_id = frame.video_id
+        prev = self._prev
+        if prev is not None:
+            if frame.frame_index != prev.frame_index + 1:
+                raise DataError(f"{frame.video_id} frame {frame.frame_index}: stream frames must be consecutive "
+                                f"(previous {prev.frame_index}); start a new video_id after a gap")
+            fr = self.stages.flow.process([prev], [frame])
+            dr = self.stages.depth.process([prev], [frame], fr)
+            fe = self.stages.features.process([prev], dr.depth)
+            cues = assemble_cues(prev, dr.depth[0], dr.motion_prob[0], fe.high[0], fe.low[0], self._flow_prev, fr)
+            self._flow_prev, self._last_depth = fr, dr
+            out += self.tracker.push(cues)
+        self._prev_prev, self._prev = prev, frame
+        return out
+
+    def end(self) -> list[LabelledFrame]:
+        """The stream (or video) ended: label the last frame, close the clip, reset."""
+        out: list[LabelledFrame] = []
+        last = self._prev
+        if last is not None and self._flow_prev is not None:
+            dr = self.stages.depth.process_last(last, self._prev_prev, self._flow_prev, self._last_depth)
+            fe = self.stages.features.process([last], dr.depth)
+            cues = assemble_cues(last, dr.depth[0], dr.motion_prob[0], fe.high[0], fe.low[0], self._flow_prev, None)
+            out += self.tracker.push(cues)
+            out += self.tracker.flush()
+        elif last is not None:
+            log.warning("stream %s ended after a single frame; it has no optical flow and gets no labels",
+                        last.video_id)
+        self._reset_stream()
+        return out
+
+
+# --------------------------------------------------------------------------- runner with backpressure
+@dataclass
+class StreamStats:
+    received: int = 0
+    dropped: int = 0
+    provisional: int = 0
+    final: int = 0
+    latencies_s: list[float] = field(default_factory=list)  # arrival -> first (provisional) label
+
+    def summary(self) -> dict[str, Any]:
+        lat = np.array(self.latencies_s) if self.latencies_s else np.zeros(1)
+        return {"received": self.received, "dropped": self.dropped, "provisional": self.provisional,
+                "final": self.final, "latency_p50_s": round(float(np.percentile(lat, 50)), 4),
+                "latency_p95_s": round(float(np.percentile(lat, 95)), 4)}
+
+
+class StreamRunner:
+    """A worker thread feeding a :class:`StreamingPseudoLabeler` from a bounded queue."""
+
+    _END = object()
+
+    def __init__(self, labeler: StreamingPseudoLabeler, on_labels: Callable[[LabelledFrame], None], *,
+                 max_pending: int, policy: str):
+        if policy not in ("block", "drop"):
+            raise ValueError(f"backpressure policy must be 'block' or 'drop', got {policy!r}")
+        self.labeler, self.on_labels, self.policy = labeler, on_labels, policy
+        self.stats = StreamStats()
+        self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
+        self._arrival: dict[tuple[str, int], float] = {}
+        self._segment = 0  # bumped after a drop: frames after a gap start a new video segment
+        self._error: BaseException | None = None
+        self._warned_drop = False
+        self._thread = threading.Thread(target=self._work, name="stream-labeler", daemon=True)
+        self._thread.start()
+
+    def offer(self, frame: Frame) -> bool:
+        """Hand a frame over; False if it was dropped (``drop`` policy and the queue is full)."""
+        if self._error is not None:
+            raise self._error
+        self.stats.received += 1
+        t = time.perf_counter()
+        if self.policy == "block":
+            self._queue.put((frame, t, self._segment))
+            return True
+        try:
+            self._queue.put_nowait((frame, t, self._segment))
+            return True
+        except queue.Full:
+            self.stats.dropped += 1
+            self._segment += 1
+            if not self._warned_drop:
+                log.warning("stream: processing is slower than arrival; dropping frames (policy 'drop', queue of "
+                            "%d); each drop starts a new tracking segment", self._queue.maxsize)
+                self._warned_drop = True
+            return False
+
+    def close(self) -> StreamStats:
+        self._queue.put((self._END, 0.0, 0))
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self.stats
+
+    def _work(self) -> None:
+        seg_video: tuple[str, int] | None = None
+        try:
+            while True:
+                frame, t, seg = self._queue.get()
+                if frame is self._END:
+                    self._deliver(self.labeler.end())
+                    return
+                if seg_video is not None and seg_video != (frame.video_id, seg):
+                    self._deliver(self.labeler.end())
+                seg_video = (frame.video_id, seg)
+                self._arrival[(frame.video_id, frame.frame_index)] = t
+                self._deliver(self.labeler.push(frame))
+        except BaseException as exc:  # noqa: BLE001 - handed to the producer thread and re-raised there
+            self._error = exc
+
+    def _deliver(self, labelled: list[LabelledFrame]) -> None:
+        now = time.perf_counter()
+        for lf in labelled:
+            t = self._arrival.get((lf.video_id, lf.frame_index))
+            if t is not None:
+                self.stats.latencies_s.append(now - t)
+                del self._arrival[(lf.video_id, lf.frame_index)]
+            if lf.final:
+                self.stats.final += 1
+            else:
+                self.stats.provisional += 1
+            self.on_labels(lf)
+
+
+# --------------------------------------------------------------------------- sources
+def _camera_frames(index: int, video_id: str) -> Iterator[Frame]:
+    import cv2
+
+    cap = cv2.VideoCapture(index)
+    if not cap.isOpened():
+        raise DataError(f"camera {index}: cannot be opened")
+    try:
+        i = 0
+        while True:
+            ok, bgr = cap.read()
+            if not ok:
+                return
+            yield Frame(video_id, i, np.ascontiguousarray(bgr[..., ::-1]))
+            i += 1
+    finally:
+        cap.release()
+
+
+def _watch_folder(folder: Path, video_id: str, idle_timeout_s: float, poll_s: float = 0.2) -> Iterator[Frame]:
+    """Images appearing in ``folder`` (sorted by name), until none arrives for ``idle_timeout_s``."""
+    from videocups_ray.data.encodings import read_image
+    from videocups_ray.data.sources import IMAGE_EXTENSIONS
+
+    seen: set[str] = set()
+    i, last_new = 0, time.monotonic()
+    while time.monotonic() - last_new < idle_timeout_s:
+        new = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.name not in seen)
+        for p in new:
+            seen.add(p.name)
+            yield Frame(video_id, i, read_image(p))
+            i += 1
+            last_new = time.monotonic()
+        if not new:
+            time.sleep(poll_s)
+
+
+def open_stream(source: str | int, *, idle_timeout_s: float = 5.0) -> Iterator[Frame]:
+    """Frames of a camera index, a video file, or a folder to watch."""
+    if isinstance(source, int) or (isinstance(source, str) and source.isdigit()):
+        return _camera_frames(int(source), f"camera{int(source)}")
+    path = Path(source)
+    if path.is_dir():
+        return _watch_folder(path, path.name or "stream", idle_timeout_s)
+    if path.is_file():
+        from videocups_ray.data.sources import open_source
+
+        return iter(open_source(str(path)))
+    raise DataError(f"stream source {source!r}: not a camera index, a video file or a folder")
+
+
+# --------------------------------------------------------------------------- entry point
+def warmup_centroids(cfg: Config, frames: list[Frame], stages: CueStages) -> np.ndarray:
+    """Centroids fitted on the first frames of the stream (when none are given)."""
+    pairs = [f for a, b in zip(frames, frames[1:]) for f in (a, b)]
+    if not pairs:
+        raise DataError("stream: need at least 2 frames to fit centroids; pass centroids=...")
+    log.warning("stream: no centroids given; fitting them on the first %d frames of the stream", len(frames))
+    return fit_centroids([pairs], stages, cfg)
+
+
+def run_stream(cfg: Config, source: str | int | Iterator[Frame], out: str | os.PathLike, *,
+               centroids: np.ndarray | str | None = None, fps: float | None = None,
+               max_frames: int | None = None, idle_timeout_s: float = 5.0,
+               on_labels: Callable[[LabelledFrame], None] | None = None) -> dict[str, Any]:
+    """Label a live stream into shards under ``out`` (final frames only); returns a summary.
+
+    ``fps`` paces a recorded source at that arrival rate (a camera paces itself). ``centroids``
+    is an array, a ``.npy`` path, or None (fit on the first frames, logged).
+    """
+    from videocups_ray.data.shards import ShardWriter
+    from videocups_ray.labeling import load_centroids
+
+    frames = open_stream(source, idle_timeout_s=idle_timeout_s) if isinstance(source, (str, int)) else iter(source)
+    stages = CueStages.from_config(cfg)
+    stages.setup()
+    head: list[Frame] = []
+    if isinstance(centroids, (str, os.PathLike)):
+        centroids = load_centroids(centroids, cfg.labeling.num_clusters)
+    if centroids is None:
+        for f in frames:
+            head.append(f)
+            if len(head) >= 2 * cfg.labeling.kmeans_frames_per_video:
+                break
+        centroids = warmup_centroids(cfg, head, stages)
+    labeler = StreamingPseudoLabeler(cfg, centroids, stages=stages)
+    writer = ShardWriter(out, cfg.shards, cfg.hash(), __version__)
+    images: dict[tuple[str, int], np.ndarray] = {}
+
+    def deliver(lf: LabelledFrame) -> None:
+        if on_labels is not None:
+            on_labels(lf)
+        if lf.final:
+            writer.add(**labelled_to_row(lf, images.pop((lf.video_id, lf.frame_index))))
+
+    runner = StreamRunner(labeler, deliver, max_pending=cfg.ray.stream_max_pending, policy=cfg.ray.stream_backpressure)
+    t0 = time.perf_counter()
+    n = 0
+    for frame in itertools.chain(head, frames):
+        if max_frames is not None and n >= max_frames:
+            break
+        if fps:
+            time.sleep(max(0.0, t0 + n / fps - time.perf_counter()))
+        images[(frame.video_id, frame.frame_index)] = frame.image
+        if not runner.offer(frame):
+            images.pop((frame.video_id, frame.frame_index))
+        n += 1
+    stats = runner.close()
+    writer.close()
+    summary = {"out": os.fspath(out), **stats.summary(), "policy": cfg.ray.stream_backpressure,
+               "seconds": round(time.perf_counter() - t0, 2), "written": writer.summary.written}
+    if stats.dropped:
+        log.warning("stream: %d of %d frames dropped by backpressure", stats.dropped, stats.received)
+    return summary
