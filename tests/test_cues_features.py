@@ -8,6 +8,7 @@ import torch
 
 from videocups_ray.config import FeatureConfig, SynthConfig
 from videocups_ray.cues import CheckpointError, build_features, save_checkpoint
+from videocups_ray.cues.features import descriptor_channels
 from videocups_ray.cues.vit import DinoFeatures, build_vit, crop_starts
 from videocups_ray.data.synthdrive import generate_sequence
 from videocups_ray.data.types import DataError
@@ -24,7 +25,8 @@ def test_handmade_shapes_norm_and_separation(frame):
     est = build_features(FeatureConfig(stride=4))
     depth = np.where(frame.depth > 0, frame.depth, 0)[None]
     fe = est([frame], depth=depth, K=frame.extra["K"])
-    assert fe.high.shape == (1, 17, 32, 64) and fe["low"].shape == fe.high.shape
+    assert est.channels == descriptor_channels((2.0, 6.0)) == 44
+    assert fe.high.shape == (1, est.channels, 32, 64) and fe["low"].shape == fe.high.shape
     for x in (fe.high, fe.low):
         assert np.isfinite(x).all()
         np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-4)
@@ -36,17 +38,55 @@ def test_handmade_shapes_norm_and_separation(frame):
     assert cos < np.median(road_spread)  # road pixels resemble road more than sky
 
 
+def test_handmade_geometry_separates_ground_from_walls():
+    """With depth of a flat road and a wall (same colour, no texture), only geometry tells them apart."""
+    h, w = 64, 128
+    K = np.array([[100.0, 0, (w - 1) / 2], [0, 100.0, (h - 1) / 2], [0, 0, 1]])
+    v = np.arange(h, dtype=np.float32)[:, None] - K[1, 2]
+    ground = np.where(v > 0, 100.0 * 1.5 / np.maximum(v, 1e-3), np.inf) * np.ones((1, w), np.float32)
+    depth = np.minimum(ground, 10.0).astype(np.float32)[None]  # a wall 10 m ahead above the ground line
+    img = np.full((1, h, w, 3), 128, np.uint8)
+    cfg = FeatureConfig(stride=2, weight_position=0.0, smooth_sigma=0.0)
+    fe = build_features(cfg)(img, depth=depth, K=K)
+    rows_wall = slice(4, 12)  # well above the horizon: wall
+    rows_road = slice(26, 31)  # well below where the road meets the wall (row 47 of 64)
+    wall = fe.high[0][:, rows_wall].reshape(fe.high.shape[1], -1).mean(1)
+    road = fe.high[0][:, rows_road].reshape(fe.high.shape[1], -1).mean(1)
+    assert wall @ road / (np.linalg.norm(wall) * np.linalg.norm(road)) < 0.5
+    flat = build_features(cfg)(img, depth=None, K=K)
+    assert np.allclose(flat.high, 0)  # no depth, no position, uniform image: nothing to see
+
+
+def test_handmade_flip_equivariance_and_config(frame):
+    """The low pass averages a frame with its mirror: mirroring the input mirrors the output."""
+    est = build_features(FeatureConfig(stride=4))
+    depth = np.where(frame.depth > 0, frame.depth, 0)[None]
+    K = frame.extra["K"]
+    a = est([frame], depth=depth, K=K).low[0]
+    K_flip = K.copy()
+    K_flip[0, 2] = frame.image.shape[1] - 1 - K[0, 2]
+    b = est(frame.image[None, :, ::-1].copy(), depth=depth[:, :, ::-1].copy(), K=K_flip).low[0]
+    np.testing.assert_allclose(a, b[:, :, ::-1], atol=1e-3)
+    one = build_features(FeatureConfig(context_sigmas=(3.0,)))
+    assert one.channels == 32 and one(frame.image[None]).high.shape[1] == 32
+    with pytest.raises(ValueError, match=r"context_sigmas.*\[0.0\]"):
+        build_features(FeatureConfig(context_sigmas=(2.0, 0.0)))
+
+
 def test_handmade_bad_and_degenerate_input(frame):
     est = build_features(FeatureConfig())
     black = np.zeros((2, 64, 96, 3), np.uint8)
     fe = est(black)
     assert np.isfinite(fe.high).all() and np.isfinite(fe.low).all()
+    np.testing.assert_allclose(np.linalg.norm(fe.high, axis=1), 1.0, atol=1e-4)  # the image row remains
     with pytest.raises(DataError, match="depth of shape"):
         est(black, depth=np.ones((1, 64, 96), np.float32))
     nan_depth = np.full((2, 64, 96), np.nan, np.float32)
     assert np.isfinite(est(black, depth=nan_depth).high).all()  # invalid depth counts as "far"
     with pytest.raises(DataError, match="N x H x W x 3"):
         est(np.zeros((64, 96, 3), np.uint8))
+    with pytest.raises(DataError, match="intrinsics K"):
+        est(black, K=np.eye(2))
 
 
 def test_crop_starts_cover_the_image():

@@ -111,7 +111,14 @@ class FeatureConfig(_Section):
     arch: Literal["vit_small_patch8", "vit_base_patch8"] = "vit_small_patch8"  # DINO layout
     crop_size: int = Field(224, ge=32)  # sliding-window crop, pixels (high-res pass)
     crop_overlap: float = Field(0.5, ge=0, lt=1)  # fraction of crop overlap
-    focal_scale: float = Field(0.9, gt=0)  # focal / width (px/px) for normals when no K is given
+    focal_scale: float = Field(0.9, gt=0)  # focal / width (px/px) for geometry when no K is given
+    # handmade descriptor (bench_cues.py): groups are z-scored per frame and balanced, then weighted
+    context_sigmas: tuple[float, ...] = (2.0, 6.0)  # Gaussian context radii, feature-map px (colour, texture)
+    smooth_sigma: float = Field(1.5, ge=0)  # Gaussian smoothing of the whole descriptor, feature-map px; 0 = off
+    weight_colour: float = Field(1.0, ge=0)  # relative weight of the Lab colour groups (pixel + context)
+    weight_texture: float = Field(1.0, ge=0)  # relative weight of the texture-energy groups (pixel + context)
+    weight_position: float = Field(1.0, ge=0)  # relative weight of the image-row channel
+    weight_geometry: float = Field(1.0, ge=0)  # relative weight of depth-derived channels (0 with no depth)
     checkpoint: str | None = None
     device: str = "cpu"
     batch_size: int = Field(4, ge=1)
@@ -195,6 +202,9 @@ class RayConfig(_Section):
     max_chunk_attempts: int = Field(3, ge=1)  # tries of one chunk (tracker/depth state lost) before it is skipped
     stream_backpressure: Literal["block", "drop"] = "block"  # streaming: wait, or drop new frames when full
     stream_max_pending: int = Field(4, ge=1)  # streaming: frames accepted but not yet labelled, per stream
+    # streaming: first (provisional) label of frame t when t+1 arrives, t+1 stood in by cues of the pair
+    # (t, t+1) alone ("one_frame"), or when t+2 arrives with exact cues ("exact"); finals are exact either way
+    stream_latency: Literal["one_frame", "exact"] = "one_frame"
 
 
 # --------------------------------------------------------------------------- model/train

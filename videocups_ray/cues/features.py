@@ -2,10 +2,22 @@
 
 Backends (``FeatureConfig.backend``):
 
-- ``handmade`` (default, weight-free): colour in CIE Lab, local texture energy (Gaussian
-  derivative and Laplacian-of-Gaussian responses at three scales), image height, log depth and
-  the surface orientation computed from depth; each group has a fixed offset and weight so a
-  feature means the same thing in every frame, and the vector is L2-normalised.
+- ``handmade`` (default, weight-free): groups of channels, each z-scored over the frame and
+  divided by the square root of its size so every group adds the same expected energy to the
+  cosine (then scaled by its ``FeatureConfig.weight_*``):
+
+  * colour: CIE Lab per pixel, and its Gaussian context at ``context_sigmas``;
+  * texture: log energy of x/y derivatives and the Laplacian at three scales, and its context;
+  * position: the image row (driving scenes are layered top to bottom);
+  * geometry (zero without depth): log depth, height ``Y`` below the optical centre in metres
+    (constant over a level ground, so road is one cluster rather than depth bands), both also
+    at region scale, the surface slope (vertical vs horizontal, from how Y and depth change
+    down the image) at two scales, and invalid depth (sky).
+
+  Per-frame z-scoring (a diagonal whitening) makes exposure and scene-wide colour casts cancel;
+  a pixel's vector is then smoothed over ``smooth_sigma`` (semantics is regional, the per-pixel
+  texture is noisy) and L2-normalised. All channels are scalars that a horizontal flip only
+  mirrors, which the flip-averaged low pass relies on.
 - ``dino``: a DINO ViT (``cues.vit``) from a local checkpoint.
 
 Both return a :class:`FeatureResult` with the two passes the semantic step fuses: ``high``
@@ -14,21 +26,24 @@ Both return a :class:`FeatureResult` with the two passes the semantic step fuses
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import cv2
 import numpy as np
 
 from videocups_ray.config import FeatureConfig
-from videocups_ray.cues.base import Estimator, FeatureResult, FrameBatch, as_images, default_intrinsics
+from videocups_ray.cues.base import Estimator, FeatureResult, FrameBatch, as_images, intrinsics_of
 from videocups_ray.data.types import DataError
 
-# weights of the descriptor groups (chosen on SynthDrive seeds the tests do not use, see
-# benchmarks/bench_cues.py); larger = that cue dominates the cosine distance
-_W_COLOUR = 1.0
-_W_TEXTURE = 0.6
-_W_HEIGHT = 1.0
-_W_DEPTH = 0.6
-_W_NORMAL = 1.0
-_NO_DEPTH_LOG = np.log(80.0)  # log-metres used when no depth is given (far)
+_TEXTURE_CHANNELS = 9  # (dx^2, dy^2, laplacian^2) x 3 scales
+_GEOMETRY_CHANNELS = 7
+_NO_DEPTH_M = 80.0  # metres assumed where depth is invalid (sky, unmatched pixels)
+_EPS_STD = 1e-3  # a channel whose per-frame std is below this is constant: it becomes 0
+
+
+def descriptor_channels(context_sigmas: Sequence[float]) -> int:
+    """Number of channels of :func:`handmade_descriptor` for the given context radii."""
+    return 3 + _TEXTURE_CHANNELS + (3 + _TEXTURE_CHANNELS) * len(context_sigmas) + 1 + _GEOMETRY_CHANNELS
 
 
 def _check_depth(depth: np.ndarray | None, n: int, h: int, w: int) -> np.ndarray | None:
@@ -40,59 +55,100 @@ def _check_depth(depth: np.ndarray | None, n: int, h: int, w: int) -> np.ndarray
     return np.where(np.isfinite(depth) & (depth > 0), depth, 0.0).astype(np.float32)
 
 
-def _normals(depth: np.ndarray, focal: float) -> np.ndarray:
-    """Unit surface normals (camera frame, H x W x 3) from a depth map by central differences."""
-    h, w = depth.shape
-    v, u = np.mgrid[0:h, 0:w].astype(np.float32)
-    x = (u - (w - 1) / 2) / focal * depth
-    y = (v - (h - 1) / 2) / focal * depth
-    pts = np.stack([x, y, depth], axis=-1).astype(np.float32)
-    du = cv2.Sobel(pts, cv2.CV_32F, 1, 0, ksize=3)
-    dv = cv2.Sobel(pts, cv2.CV_32F, 0, 1, ksize=3)
-    n = np.cross(du, dv)
-    norm = np.linalg.norm(n, axis=-1, keepdims=True)
-    n = np.where(norm > 1e-9, n / np.maximum(norm, 1e-9), 0.0)
-    return n * np.where(n[..., 2:3] > 0, -1.0, 1.0)  # face the camera
+def _blur(x: np.ndarray, sigma: float) -> np.ndarray:
+    return cv2.GaussianBlur(x, (0, 0), sigma) if sigma > 0 else x
+
+
+def _with_context(x: np.ndarray, sigmas: Sequence[float]) -> np.ndarray:
+    """``x`` (h x w x c) blurred at every radius, concatenated on the channel axis (h x w x c*len)."""
+    if not sigmas:
+        return np.zeros((*x.shape[:2], 0), np.float32)
+    return np.concatenate([_blur(x, s).reshape(*x.shape[:2], -1) for s in sigmas], axis=-1)
+
+
+def _colour(image: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    h, w = out_hw
+    small = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+    return cv2.cvtColor(small.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
+
+
+def _texture(image: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    """Log energy of Gaussian-derivative and Laplacian responses, pooled to ``out_hw``.
+
+    Scales: the input resolution (sigma 1) and twice the output resolution (sigma 1 and 2), so
+    the cost stays bounded at any stride.
+    """
+    h, w = out_hw
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
+    grey2 = cv2.resize(grey, (2 * w, 2 * h), interpolation=cv2.INTER_AREA)
+    tex = []
+    for src, sigma in ((grey, 1.0), (grey2, 1.0), (grey2, 2.0)):
+        g = _blur(src, sigma)
+        gx = cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3)
+        gy = cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3)
+        lap = cv2.Laplacian(g, cv2.CV_32F, ksize=3)
+        for r in (gx * gx, gy * gy, lap * lap):
+            tex.append(np.log(1e-4 + cv2.resize(r, (w, h), interpolation=cv2.INTER_AREA)))
+    return np.stack(tex, axis=-1)
+
+
+def _geometry(depth: np.ndarray, out_hw: tuple[int, int], K: np.ndarray, region_sigma: float) -> np.ndarray:
+    """Depth-derived channels (see module doc) at ``out_hw``; ``K`` is for the depth's resolution."""
+    h, w = out_hw
+    H, W = depth.shape
+    d = cv2.resize(depth, (w, h), interpolation=cv2.INTER_AREA)
+    invalid = ~(d > 0)
+    d = np.where(invalid, _NO_DEPTH_M, d).astype(np.float32)
+    fy = float(K[1, 1]) * h / H
+    cy = (float(K[1, 2]) + 0.5) * h / H - 0.5
+    rows = np.arange(h, dtype=np.float32)[:, None]
+    y_m = ((rows - cy) / fy * d).astype(np.float32)  # metres below the optical centre
+    log_d = np.log(np.maximum(d, 0.5))
+    # slope: 0 where Y changes and depth does not down the image (vertical surface), pi/2 where
+    # depth changes and Y does not (horizontal surface)
+    dy_dv = cv2.Sobel(_blur(y_m, 1.5), cv2.CV_32F, 0, 1, ksize=3)
+    dz_dv = cv2.Sobel(_blur(d, 1.5), cv2.CV_32F, 0, 1, ksize=3)
+    slope = np.arctan2(np.abs(dz_dv), np.abs(dy_dv) + 1e-6)
+    channels = [log_d, np.tanh(y_m / 2.0), _blur(log_d, region_sigma), np.tanh(_blur(y_m, region_sigma) / 2.0),
+                _blur(slope, 1.0), _blur(slope, region_sigma), invalid.astype(np.float32)]
+    return np.stack(channels, axis=-1)
+
+
+def _balanced(x: np.ndarray, weight: float) -> np.ndarray:
+    """Z-score every channel over the frame, then scale the group to ``weight`` expected norm."""
+    flat = x.reshape(-1, x.shape[-1])
+    mean, std = flat.mean(axis=0), flat.std(axis=0)
+    # a (near-)constant channel carries nothing: exactly 0, or rounding noise would be blown up
+    scale = np.where(std > _EPS_STD, weight / np.sqrt(max(x.shape[-1], 1)) / np.maximum(std, _EPS_STD), 0.0)
+    return (x - mean) * scale.astype(np.float32)
 
 
 def handmade_descriptor(image: np.ndarray, depth: np.ndarray | None, out_hw: tuple[int, int],
-                        focal: float) -> np.ndarray:
-    """``C x h x w`` float32 descriptor of one RGB uint8 image (see module doc), L2-normalised."""
+                        K: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+    """``C x h x w`` float32 descriptor of one RGB uint8 image (see module doc), L2-normalised.
+
+    ``depth`` is metres (0 = invalid) or None, at any resolution; ``K`` is for the depth's resolution
+    (it is pooled to ``out_hw`` by area).
+    ``C = descriptor_channels(cfg.context_sigmas)`` whether or not depth is given.
+    """
     h, w = out_hw
-    H, W = image.shape[:2]
-    small = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
-    lab = cv2.cvtColor(small.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
-    colour = np.stack([(lab[..., 0] - 50.0) / 50.0, lab[..., 1] / 40.0, lab[..., 2] / 40.0], axis=-1)
-
-    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
-    tex = []
-    for sigma in (1.0, 2.0, 4.0):
-        g = cv2.GaussianBlur(grey, (0, 0), sigma)
-        gx = np.abs(cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3))
-        gy = np.abs(cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3))
-        lap = np.abs(cv2.Laplacian(g, cv2.CV_32F, ksize=3))
-        for r in (gx, gy, lap):
-            energy = cv2.resize(cv2.GaussianBlur(r, (0, 0), 2.0 * sigma), (w, h), interpolation=cv2.INTER_AREA)
-            tex.append(np.log1p(20.0 * energy) - 0.5)
-    texture = np.stack(tex, axis=-1) / np.sqrt(len(tex) / 3.0)
-
-    rows = (np.arange(h, dtype=np.float32) + 0.5) / h
-    height = np.broadcast_to(((rows - 0.5) * 2.0)[:, None, None], (h, w, 1))
-
+    sig = tuple(cfg.context_sigmas)
+    colour = _colour(image, out_hw)
+    texture = _texture(image, out_hw)
+    rows = ((np.arange(h, dtype=np.float32) + 0.5) / h - 0.5) * 2.0
+    position = np.broadcast_to(rows[:, None, None], (h, w, 1))
+    groups = [(colour, cfg.weight_colour), (_with_context(colour, sig), cfg.weight_colour),
+              (texture, cfg.weight_texture), (_with_context(texture, sig), cfg.weight_texture),
+              (position, cfg.weight_position)]
     if depth is not None:
-        d_small = cv2.resize(depth, (w, h), interpolation=cv2.INTER_NEAREST)
-        logd = np.where(d_small > 0, np.log(np.maximum(d_small, 1e-3)), _NO_DEPTH_LOG)
-        depth_f = ((logd - 2.5) / 1.5)[..., None]
-        normal = _normals(np.where(d_small > 0, d_small, 80.0).astype(np.float32), focal * w / W)
-    else:
-        depth_f = np.zeros((h, w, 1), np.float32)
-        normal = np.zeros((h, w, 3), np.float32)
-
-    feat = np.concatenate([
-        _W_COLOUR * colour, _W_TEXTURE * texture, _W_HEIGHT * height, _W_DEPTH * depth_f, _W_NORMAL * normal,
-    ], axis=-1).astype(np.float32)
-    norm = np.linalg.norm(feat, axis=-1, keepdims=True)
-    feat = feat / np.maximum(norm, 1e-6)
+        region = max(sig) if sig else 4.0
+        groups.append((_geometry(depth, out_hw, K, region), cfg.weight_geometry))
+    parts = [_balanced(x.astype(np.float32), wt) for x, wt in groups if x.shape[-1]]
+    if depth is None:
+        parts.append(np.zeros((h, w, _GEOMETRY_CHANNELS), np.float32))
+    feat = _blur(np.concatenate(parts, axis=-1).astype(np.float32), cfg.smooth_sigma)
+    feat = feat.reshape(h, w, -1)
+    feat /= np.maximum(np.linalg.norm(feat, axis=-1, keepdims=True), 1e-6)
     return np.ascontiguousarray(feat.transpose(2, 0, 1))
 
 
@@ -101,17 +157,21 @@ def _l2n(x: np.ndarray, axis: int = 1) -> np.ndarray:
 
 
 class HandmadeFeatures(Estimator):
-    """Weight-free per-pixel descriptor (see module doc). ``C = 17``.
+    """Weight-free per-pixel descriptor (see module doc); ``channels`` depends on ``context_sigmas``
+    (44 channels for the default two radii).
 
-    An all-black frame gives finite features (colour and height only), never NaN.
+    An all-black frame gives finite features (image row only), never NaN.
     """
 
     name = "handmade"
-    channels = 17
 
     def __init__(self, cfg: FeatureConfig) -> None:
         super().__init__()
+        bad = [s for s in cfg.context_sigmas if not s > 0]
+        if bad:
+            raise ValueError(f"FeatureConfig.context_sigmas must be positive feature-map pixels, got {bad}")
         self.cfg = cfg
+        self.channels = descriptor_channels(cfg.context_sigmas)
         self.requires_gpu = False
         self.memory_bytes = 256 * 1024**2
 
@@ -129,23 +189,25 @@ class HandmadeFeatures(Estimator):
         img = as_images(frames, "frames")
         n, H, W = img.shape[:3]
         depth = _check_depth(depth, n, H, W)
+        K = intrinsics_of(frames, H, W, None, self.cfg.focal_scale, K)
         out_hw = self.output_size(H, W)
-        focal = float(K[0, 0]) if K is not None else default_intrinsics(H, W, None, self.cfg.focal_scale)[0, 0]
+        half_hw = (max(1, H // 2), max(1, W // 2))
+        low_hw = (max(1, out_hw[0] // 2), max(1, out_hw[1] // 2))
+        K_flip = K.copy()
+        K_flip[0, 2] = W - 1 - K[0, 2]
         high, low = [], []
         for i in range(n):
             d = None if depth is None else depth[i]
-            high.append(handmade_descriptor(img[i], d, out_hw, focal))
-            half_hw = (max(1, H // 2), max(1, W // 2))
+            high.append(handmade_descriptor(img[i], d, out_hw, K, self.cfg))
+            # the low pass sees a half-resolution image; depth stays at full resolution (with its
+            # K), since the descriptor pools it by area itself and nearest halving is not mirror-symmetric
             small = cv2.resize(img[i], half_hw[::-1], interpolation=cv2.INTER_AREA)
-            d_small = None if d is None else cv2.resize(d, half_hw[::-1], interpolation=cv2.INTER_NEAREST)
-            low_hw = (max(1, out_hw[0] // 2), max(1, out_hw[1] // 2))
-            a = handmade_descriptor(small, d_small, low_hw, focal / 2)
-            b = handmade_descriptor(small[:, ::-1].copy(), None if d_small is None else d_small[:, ::-1].copy(),
-                                    low_hw, focal / 2)
-            b = b[:, :, ::-1].copy()
-            b[-3] *= -1  # the normal's x component changes sign under a horizontal flip
-            avg = (a + b) / 2
-            low.append(cv2.resize(avg.transpose(1, 2, 0), out_hw[::-1], interpolation=cv2.INTER_LINEAR)
+            a = handmade_descriptor(small, d, low_hw, K, self.cfg)
+            # every channel is a flip-invariant scalar field, so mirroring back is all it takes
+            b = handmade_descriptor(small[:, ::-1].copy(), None if d is None else d[:, ::-1].copy(),
+                                    low_hw, K_flip, self.cfg)[:, :, ::-1]
+            avg = ((a + b) / 2).transpose(1, 2, 0)
+            low.append(cv2.resize(avg, out_hw[::-1], interpolation=cv2.INTER_LINEAR)
                        .reshape(out_hw[0], out_hw[1], -1).transpose(2, 0, 1))
         return FeatureResult(high=_l2n(np.stack(high)), low=_l2n(np.stack(low)))
 
