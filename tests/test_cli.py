@@ -49,6 +49,9 @@ def test_demo_quick_writes_a_report(tmp_path):
     index = tmp_path / "run" / "report" / "index.html"
     html = index.read_text()
     assert "SynthDrive ground truth" in html and "Pseudo-labels" in html
+    assert "Model vs pseudo-labels" in html and "model predictions (held-out sequence)" in html
+    assert (tmp_path / "run" / "train" / "model.pt").is_file()
+    assert list((tmp_path / "run" / "pred_val" / "panoptic").rglob("*.png"))
     imgs = list((tmp_path / "run" / "report" / "img").glob("*.png"))
     assert len(imgs) >= 8
     for name in ("img/0000.png",):

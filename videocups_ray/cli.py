@@ -87,6 +87,47 @@ def cmd_stream(args: argparse.Namespace) -> int:
     return 0
 
 
+def _workers(text: str | None) -> int | tuple[int, int] | None:
+    if text is None:
+        return None
+    parts = [int(x) for x in text.split(",")]
+    if len(parts) == 1:
+        return parts[0]
+    if len(parts) == 2 and 1 <= parts[0] <= parts[1]:
+        return (parts[0], parts[1])
+    raise ConfigError(f"--workers {text!r}: use N or MIN,MAX with 1 <= MIN <= MAX")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from videocups_ray.pipelines.train import run_train
+
+    cfg = _config(args)
+    summary = run_train(cfg, args.shards, args.out, workers=_workers(args.workers),
+                        use_gpu=True if args.gpu else None, strategy=args.strategy)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from videocups_ray.pipelines.train import run_finetune
+
+    cfg = _config(args)
+    summary = run_finetune(cfg, args.checkpoint, args.gt, args.fraction, args.out,
+                           workers=_workers(args.workers), use_gpu=True if args.gpu else None)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    from videocups_ray.pipelines.infer import run_infer
+
+    cfg = _config(args)
+    summary = run_infer(cfg, args.checkpoint, args.input, args.out, args.format,
+                        engine=args.engine, overlay=args.overlay, device=args.device)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="videocups", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -131,6 +172,37 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a watched folder ends after this many seconds without a new frame")
     _add_config_args(p)
     p.set_defaults(func=cmd_stream)
+
+    p = sub.add_parser("train", help="train the VPS model on pseudo-label shards with Ray Train")
+    p.add_argument("--shards", required=True, help="pseudo-label (or ground-truth) shard folder")
+    p.add_argument("--out", required=True, help="run folder; rerunning with the same folder resumes")
+    p.add_argument("--workers", help="N or MIN,MAX (elastic) Ray Train workers")
+    p.add_argument("--gpu", action="store_true", help="one GPU per worker (NCCL)")
+    p.add_argument("--strategy", choices=["ddp", "deepspeed"], help="default from config (ddp)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("finetune", help="fine-tune an unsupervised checkpoint on a fraction of real labels")
+    p.add_argument("--checkpoint", required=True, help="model.pt of a training run")
+    p.add_argument("--gt", required=True, help="KITTI-STEP or Cityscapes-VPS folder with labels")
+    p.add_argument("--fraction", type=float, required=True, help="share of labelled frames used, (0, 1]")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--workers", help="N or MIN,MAX Ray Train workers")
+    p.add_argument("--gpu", action="store_true")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("infer", help="predict video panoptic labels with a trained model")
+    p.add_argument("--checkpoint", required=True, help="model.pt of a training run")
+    p.add_argument("--input", required=True, help="videos, folders or a dataset (as for pseudolabel)")
+    p.add_argument("--out", required=True, help="prediction folder (panoptic/<video>/<frame>.png)")
+    p.add_argument("--format", default="kitti-step", choices=["kitti-step", "cityscapes-vps"])
+    p.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="ray: a Ray Data job over the corpus with an actor pool")
+    p.add_argument("--overlay", action="store_true", help="also write an overlay video per input video")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_infer)
 
     p = sub.add_parser("eval", help="score predictions against ground truth (STQ, VPQ)")
     p.add_argument("--gt", required=True, help="ground-truth folder")

@@ -188,7 +188,10 @@ class CascadeRoIHeads(nn.Module):
             key_ids = tgt["track_ids"][m]
             # class j+1 = the reference instance with the same track ID; 0 = not in the reference
             same = key_ids[:, None] == rtgt["track_ids"][None, :]
-            target = torch.where(same.any(dim=1), same.float().argmax(dim=1) + 1, torch.zeros_like(key_ids))
+            if same.shape[1] == 0:  # no instance in the reference frame: argmax of an empty dim raises
+                target = torch.zeros_like(key_ids)
+            else:
+                target = torch.where(same.any(dim=1), same.float().argmax(dim=1) + 1, torch.zeros_like(key_ids))
             total = total + F.cross_entropy(track_logits(ke, re), target, reduction="sum")
             count += len(ke)
         return total / max(count, 1)

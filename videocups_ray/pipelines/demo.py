@@ -1,7 +1,11 @@
-"""The demo job on the embedded default: SynthDrive corpus -> shards -> HTML report.
+"""The demo job on the embedded default, SynthDrive, end to end on one machine:
 
-Each stage is a function of the config and the run folder, so the job reads top to bottom
-and later stages (pseudo-labeling, training, evaluation) slot in as they land.
+SynthDrive corpus (+ a held-out sequence) -> ground-truth shards -> pseudo-labels through the
+Ray actor pipeline -> their STQ -> Ray Train of the VPS model on the pseudo-labels ->
+inference on the held-out sequence -> model vs pseudo-label STQ -> HTML report.
+
+Each stage is a function of the config and the run folder, so the job reads top to bottom.
+One local Ray instance serves every Ray stage and is stopped at the end.
 """
 
 from __future__ import annotations
@@ -26,17 +30,31 @@ from videocups_ray.viz.report import HtmlReport
 log = logging.getLogger(__name__)
 
 
+VAL_SEED_OFFSET = 1000  # the held-out sequence's seed: cfg.synth.seed + this
+
+
 def demo_config(cfg: Config, quick: bool) -> Config:
-    """The demo's corpus size: small enough for 2 cores, big enough to show every stage."""
+    """``quick``: the smallest corpus and a few training steps, for the smoke test."""
     if quick:
-        return with_overrides(cfg, synth={"sequences": 1, "frames": 6, "height": 128, "width": 256})
+        return with_overrides(
+            cfg, synth={"sequences": 1, "frames": 6, "height": 128, "width": 256},
+            labeling={"num_clusters": 8, "min_track_frames": 2},
+            model={"min_size": 128, "max_size": 256, "fpn_channels": 32, "box_head_dim": 64,
+                   "mask_head_channels": 16, "semantic_head_channels": 16, "embed_dim": 16,
+                   "backbone_norm": "bn"},
+            train={"max_steps": 2, "checkpoint_every": 2, "workers": (1, 1)})
     return cfg
 
 
-def stage_synth(cfg: Config, run: Path) -> Path:
+def val_config(cfg: Config) -> Config:
+    """The held-out corpus: one sequence from another seed, same size and difficulty."""
+    return with_overrides(cfg, synth={"sequences": 1, "seed": cfg.synth.seed + VAL_SEED_OFFSET})
+
+
+def stage_synth(cfg: Config, run: Path, name: str = "synth") -> Path:
     from videocups_ray.data.synthdrive import write_synth_dataset
 
-    out = run / "synth"
+    out = run / name
     if (out / "synthdrive.json").is_file():
         log.info("SynthDrive corpus already in %s; reusing it", out)
         return out
@@ -54,14 +72,33 @@ def stage_gt_shards(cfg: Config, corpus: Path, run: Path) -> Path:
     return out
 
 
-def stage_pseudolabel(cfg: Config, corpus: Path, run: Path) -> tuple[Path, dict]:
+def stage_pseudolabel(cfg: Config, corpus: Path, out: Path) -> tuple[Path, dict]:
     """Pseudo-label the corpus with the default (weight-free) cues into shards, through the
-    Ray actor pipeline on a local Ray instance started and stopped here."""
+    Ray actor pipeline."""
     from videocups_ray.pipelines.ray_pseudolabel import run_ray
 
-    out = run / "shards_pseudo"
     summary = run_ray(cfg, str(corpus), str(out), progress=True)
     return out, summary
+
+
+def stage_train(cfg: Config, shards: Path, run: Path) -> dict:
+    from videocups_ray.pipelines.train import run_train
+
+    return run_train(cfg, str(shards), str(run / "train"))
+
+
+def stage_infer(cfg: Config, model: str, corpus: Path, run: Path) -> Path:
+    from videocups_ray.pipelines.infer import run_infer
+
+    out = run / "pred_val"
+    run_infer(cfg, model, str(corpus), str(out), "kitti-step")
+    return out
+
+
+def stage_eval_model(cfg: Config, corpus: Path, preds: Path) -> dict:
+    from videocups_ray.pipelines.evaluate import evaluate_paths
+
+    return evaluate_paths(str(corpus), str(preds), fmt="kitti-step", cfg=cfg.eval, unsupervised=True)
 
 
 def stage_eval_pseudo(cfg: Config, corpus: Path, shards: Path) -> dict:
@@ -73,6 +110,37 @@ def stage_eval_pseudo(cfg: Config, corpus: Path, shards: Path) -> dict:
 
 def _score_rows(name: str, r: dict) -> list:
     return [name, r["STQ"], r["AQ"], r["SQ"], r.get("VPQ")]
+
+
+def stage_report_model(report: HtmlReport, val: Path, preds: Path, model_scores: dict,
+                       pseudo_scores: dict, train_summary: dict, frames: int = 4) -> None:
+    from videocups_ray.data.sources import open_source
+    from videocups_ray.pipelines.evaluate import load_label_dir
+
+    report.heading("VPS model trained on the pseudo-labels, on a held-out sequence")
+    report.text(
+        f"Panoptic Cascade MaskTrack R-CNN ({train_summary.get('steps')} steps on Ray Train, "
+        f"{train_summary.get('workers')} worker(s), {train_summary.get('strategy')}, "
+        f"{train_summary.get('images_per_s')} images/s). Both rows are scored on the held-out "
+        "sequence with the unsupervised cluster-to-class matching.")
+    report.table(["labels", "STQ", "AQ", "SQ", "VPQ"],
+                 [_score_rows("pseudo-labels (held-out sequence)", pseudo_scores),
+                  _score_rows("model predictions (held-out sequence)", model_scores)],
+                 caption="Model vs pseudo-labels")
+    pred = {(f.video_id, f.frame_index): f for f in load_label_dir(preds, "kitti-step")}
+    src = open_source(str(val))
+    for vid in src.videos():
+        n = src.num_frames(vid)
+        picks = set(np.linspace(0, n - 1, min(frames, n)).round().astype(int).tolist())
+        for frame in src.frames(vid):
+            p = pred.get((frame.video_id, frame.frame_index))
+            if frame.frame_index in picks and p is not None:
+                report.image_row([
+                    (f"held-out {vid}/{frame.frame_index:06d}", frame.image),
+                    ("ground truth", colorize_panoptic(frame.semantic, frame.instance, image=frame.image)),
+                    ("model prediction", colorize_panoptic(p.semantic, p.instance, palette="pseudo",
+                                                           image=frame.image)),
+                ], width=360)
 
 
 def stage_report_pseudo(report: HtmlReport, corpus: Path, shards: Path, scores: dict,
@@ -142,7 +210,9 @@ def stage_report_gt(report: HtmlReport, corpus: Path, frames_per_video: int = 4)
 
 
 def run_demo(cfg: Config, run: Path, quick: bool = False) -> Path:
-    """Run every stage that exists so far; return the report's index.html."""
+    """Run every stage; return the report's index.html."""
+    from videocups_ray.pipelines.ray_runtime import ray_session
+
     cfg = demo_config(cfg, quick)
     run.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -156,13 +226,22 @@ def run_demo(cfg: Config, run: Path, quick: bool = False) -> Path:
         return out
 
     corpus = timed("synth", stage_synth, cfg, run)
+    val = timed("synth held-out", stage_synth, val_config(cfg), run, "synth_val")
     shards = timed("gt shards", stage_gt_shards, cfg, corpus, run)
-    pseudo, pl_summary = timed("pseudo-labels", stage_pseudolabel, cfg, corpus, run)
+    with ray_session(cfg.ray):
+        pseudo, pl_summary = timed("pseudo-labels", stage_pseudolabel, cfg, corpus, run / "shards_pseudo")
+        pseudo_val, _ = timed("pseudo-labels held-out", stage_pseudolabel, cfg, val, run / "shards_pseudo_val")
+        train = timed("train", stage_train, cfg, pseudo, run)
+        preds = timed("infer held-out", stage_infer, cfg, train["model"], val, run)
     pl_scores = timed("eval pseudo-labels", stage_eval_pseudo, cfg, corpus, pseudo)
+    pl_val_scores = timed("eval pseudo-labels held-out", stage_eval_pseudo, cfg, val, pseudo_val)
+    model_scores = timed("eval model", stage_eval_model, cfg, val, preds)
 
     report = HtmlReport(run / "report", "videocups-ray demo")
-    report.text(f"videocups-ray {__version__}; config hash {cfg.hash()}; corpus {corpus}; "
-                f"ground-truth shards {shards}; pseudo-label shards {pseudo}.")
+    report.text(f"videocups-ray {__version__}; config hash {cfg.hash()}; corpus {corpus} "
+                f"(held-out {val}); shards: ground truth {shards}, pseudo-labels {pseudo}; "
+                f"model {train['model']}; predictions {preds}.")
+    timed("report model", stage_report_model, report, val, preds, model_scores, pl_val_scores, train)
     timed("report pseudo", stage_report_pseudo, report, corpus, pseudo, pl_scores, pl_summary)
     timed("report gt", stage_report_gt, report, corpus)
     timings.append(("total", time.perf_counter() - t0))
