@@ -28,7 +28,7 @@ install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/videocups demo --out runs/demo --config configs/demo.yaml --config configs/pseudolabel/synthdrive_256x512.yaml
+	$(VENV)/bin/videocups demo --out runs/demo --config configs/demo.yaml --config configs/pseudolabel/synthdrive_256x512.yaml --config configs/train/demo.yaml
 
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -q
