@@ -55,6 +55,7 @@ class PairBatch:
 
 class _CueActor:
     kind = "cue"
+    stage_cls: type[FlowStage] | type[DepthStage] | type[FeatureStage]
 
     def __init__(self, cfg: Config, device: str | None = None, failures: tuple[FailurePlan, ...] = ()):
         self._cfg, self._device = cfg, device
@@ -64,6 +65,12 @@ class _CueActor:
     def ready(self) -> bool:
         """Round trip used to wait for the actor (and its ``setup``) to be up."""
         return self._stage is not None
+
+    def setup(self) -> bool:
+        """Build the stage and load its weights on this actor's device."""
+        self._stage = self.stage_cls(self._cfg)
+        self._stage.setup(self._device)
+        return True
 
     def teardown(self) -> None:
         if self._stage is not None and hasattr(self._stage, "teardown"):
@@ -75,11 +82,7 @@ class FlowActor(_CueActor):
     """Forward + backward flow of a :class:`PairBatch` (stateless, batched)."""
 
     kind = "flow"
-
-    def setup(self) -> bool:
-        self._stage = FlowStage(self._cfg)
-        self._stage.setup(self._device)
-        return True
+    stage_cls = FlowStage
 
     def process(self, batch: PairBatch) -> tuple[FlowResult | None, float]:
         self._fail.tick()
@@ -101,15 +104,11 @@ class DepthActor(_CueActor):
     """Depth + motion probability; one state per stream, batches of a stream in order."""
 
     kind = "depth"
+    stage_cls = DepthStage
 
     def __init__(self, cfg: Config, device: str | None = None, failures: tuple[FailurePlan, ...] = ()):
         super().__init__(cfg, device, failures)
         self._streams: dict[str, _DepthStream] = {}
-
-    def setup(self) -> bool:
-        self._stage = DepthStage(self._cfg)
-        self._stage.setup(self._device)
-        return True
 
     def _new_stream_stage(self) -> DepthStage:
         """A per-stream stage sharing the template's heavy parts (weights) but not its state.
@@ -164,11 +163,7 @@ class FeatureActor(_CueActor):
     """Per-pixel features (stateless, batched); also pass 1's sampling and k-means statistics."""
 
     kind = "features"
-
-    def setup(self) -> bool:
-        self._stage = FeatureStage(self._cfg)
-        self._stage.setup(self._device)
-        return True
+    stage_cls = FeatureStage
 
     def process(self, batch: PairBatch, depth: DepthResult) -> tuple[FeatureResult, float]:
         self._fail.tick()

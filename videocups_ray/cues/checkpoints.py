@@ -16,6 +16,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from videocups_ray.cues.base import Estimator
 from videocups_ray.data.types import DataError
 
 _MAX_LISTED = 8
@@ -99,3 +100,40 @@ def save_checkpoint(net: nn.Module, path: str | Path) -> Path:
     else:
         torch.save(state, path)
     return path
+
+
+def require_checkpoint(path: str | Path | None, backend: str, field: str) -> str | Path:
+    """``path`` if set; a learned backend has no weights without it, so an empty one is an error
+    naming the backend (e.g. ``"flow backend 'raft'"``) and the config field to set."""
+    if not path:
+        raise CheckpointError(f"{backend} needs {field} (a local file)")
+    return path
+
+
+class NetEstimator(Estimator):
+    """An estimator around one torch network: the network moves to its device in ``setup``.
+
+    Unlike weight-free backends, a call before ``setup`` sets up on the device the estimator
+    was built for (not always ``"cpu"``). Subclasses call :meth:`_take_net` in ``__init__``
+    after checking their own arguments.
+    """
+
+    net: nn.Module
+    preferred_device: str = "cpu"
+
+    def _take_net(self, net: nn.Module, device: str, reserve_bytes: int) -> None:
+        """Hold ``net`` in eval mode and declare its placement: fp32 weights + ``reserve_bytes``
+        of working memory (activations; bytes)."""
+        self.net = net.eval()
+        self.preferred_device = device
+        self.requires_gpu = device.startswith("cuda")
+        self.memory_bytes = int(sum(p.numel() for p in net.parameters()) * 4 + reserve_bytes)
+
+    def setup(self, device: str | None = None) -> None:
+        device = device or self.preferred_device
+        self.net.to(device)
+        super().setup(device)
+
+    def _ensure_setup(self) -> None:
+        if self.device is None:
+            self.setup(self.preferred_device)

@@ -30,7 +30,7 @@ from videocups_ray.cues.base import (
     as_images,
     check_pair,
 )
-from videocups_ray.cues.checkpoints import CheckpointError, load_checkpoint
+from videocups_ray.cues.checkpoints import NetEstimator, load_checkpoint, require_checkpoint
 from videocups_ray.data.types import DataError
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ def build_raft_net(arch: str) -> torch.nn.Module:
     return builders[arch](weights=None, progress=False)
 
 
-class RaftFlow(Estimator):
+class RaftFlow(NetEstimator):
     """RAFT (torchvision layout) from a local checkpoint, batched fw+bw on one device.
 
     Inputs are padded (replicate) to a multiple of 8 and the padding is cropped from the output.
@@ -129,28 +129,15 @@ class RaftFlow(Estimator):
         super().__init__()
         if iters < 1 or batch_size < 1:
             raise ValueError(f"RaftFlow: iters and batch_size must be >= 1, got {iters}, {batch_size}")
-        self.net = net.eval()
-        self.iters, self.batch_size, self.preferred_device = iters, batch_size, device
-        self.requires_gpu = device.startswith("cuda")
-        n_params = sum(p.numel() for p in net.parameters())
-        self.memory_bytes = int(n_params * 4 + 512 * 1024**2)
+        self._take_net(net, device, reserve_bytes=512 * 1024**2)
+        self.iters, self.batch_size = iters, batch_size
 
     @classmethod
     def from_config(cls, cfg: FlowConfig) -> "RaftFlow":
-        if not cfg.checkpoint:
-            raise CheckpointError("flow backend 'raft' needs cues.flow.checkpoint (a local file)")
+        path = require_checkpoint(cfg.checkpoint, "flow backend 'raft'", "cues.flow.checkpoint")
         net = build_raft_net(cfg.raft_arch)
-        load_checkpoint(net, cfg.checkpoint)
+        load_checkpoint(net, path)
         return cls(net, iters=cfg.raft_iters, batch_size=cfg.batch_size, device=cfg.device)
-
-    def setup(self, device: str | None = None) -> None:
-        device = device or self.preferred_device
-        self.net.to(device)
-        super().setup(device)
-
-    def _ensure_setup(self) -> None:
-        if self.device is None:
-            self.setup(self.preferred_device)
 
     @torch.inference_mode()
     def _flow(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

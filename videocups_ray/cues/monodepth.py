@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from videocups_ray.config import DepthConfig
-from videocups_ray.cues.base import DepthResult, Estimator, FlowResult, FrameBatch, as_images
-from videocups_ray.cues.checkpoints import CheckpointError, load_checkpoint
+from videocups_ray.cues.base import DepthResult, FlowResult, FrameBatch, as_images
+from videocups_ray.cues.checkpoints import NetEstimator, load_checkpoint, require_checkpoint
 
 _ENC_CHANNELS = {"resnet18": [64, 64, 128, 256, 512], "resnet50": [64, 256, 512, 1024, 2048]}
 _DEC_CHANNELS = [16, 32, 64, 128, 256]
@@ -121,7 +121,7 @@ def disp_to_depth(disp: torch.Tensor, min_depth: float, max_depth: float) -> tor
     return 1.0 / (lo + (hi - lo) * disp)
 
 
-class MonoDepth(Estimator):
+class MonoDepth(NetEstimator):
     """Monocular depth + motion probability network from a local checkpoint.
 
     Inputs are padded (replicate) to a multiple of 32 and the outputs cropped back.
@@ -135,29 +135,17 @@ class MonoDepth(Estimator):
         if not 0 < min_depth < max_depth or batch_size < 1:
             raise ValueError(f"MonoDepth: need 0 < min_depth < max_depth and batch_size >= 1, got "
                              f"{min_depth}, {max_depth}, {batch_size}")
-        self.net = net.eval()
+        self._take_net(net, device, reserve_bytes=512 * 1024**2)
         self.min_depth, self.max_depth = min_depth, max_depth
-        self.batch_size, self.preferred_device = batch_size, device
-        self.requires_gpu = device.startswith("cuda")
-        self.memory_bytes = int(sum(p.numel() for p in net.parameters()) * 4 + 512 * 1024**2)
+        self.batch_size = batch_size
 
     @classmethod
     def from_config(cls, cfg: DepthConfig) -> "MonoDepth":
-        if not cfg.checkpoint:
-            raise CheckpointError("depth backend 'monodepth' needs cues.depth.checkpoint (a local file)")
+        path = require_checkpoint(cfg.checkpoint, "depth backend 'monodepth'", "cues.depth.checkpoint")
         net = DepthMotionNet(cfg.encoder)
-        load_checkpoint(net, cfg.checkpoint)
+        load_checkpoint(net, path)
         return cls(net, min_depth=cfg.min_depth, max_depth=cfg.max_depth, batch_size=cfg.batch_size,
                    device=cfg.device)
-
-    def setup(self, device: str | None = None) -> None:
-        device = device or self.preferred_device
-        self.net.to(device)
-        super().setup(device)
-
-    def _ensure_setup(self) -> None:
-        if self.device is None:
-            self.setup(self.preferred_device)
 
     @torch.inference_mode()
     def __call__(self, frames_t: FrameBatch, frames_t1: FrameBatch | None = None,

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from videocups_ray.config import FeatureConfig
-from videocups_ray.cues.base import Estimator, FeatureResult, FrameBatch, as_images
-from videocups_ray.cues.checkpoints import CheckpointError, load_checkpoint
+from videocups_ray.cues.base import FeatureResult, FrameBatch, as_images
+from videocups_ray.cues.checkpoints import NetEstimator, load_checkpoint, require_checkpoint
 
 ARCHS = {  # name: (embed dim, depth, heads, patch)
     "vit_small_patch8": (384, 12, 6, 8),
@@ -127,7 +127,7 @@ def crop_starts(length: int, crop: int, stride: int) -> list[int]:
     return starts
 
 
-class DinoFeatures(Estimator):
+class DinoFeatures(NetEstimator):
     """DINO ViT features: ``high`` from sliding full-resolution crops, ``low`` from the
     half-resolution image averaged with its flip; both bilinearly resized to 1/stride."""
 
@@ -140,30 +140,18 @@ class DinoFeatures(Estimator):
         if crop_size < p or not 0 <= crop_overlap < 1 or batch_size < 1 or stride < 1:
             raise ValueError(f"DinoFeatures: bad crop_size={crop_size}, crop_overlap={crop_overlap}, "
                              f"batch_size={batch_size} or stride={stride}")
-        self.net = net.eval()
-        self.stride, self.batch_size, self.preferred_device = stride, batch_size, device
+        self._take_net(net, device, reserve_bytes=1024**3)
+        self.stride, self.batch_size = stride, batch_size
         self.crop = crop_size - crop_size % p
         self.crop_stride = max(p, int(round(self.crop * (1 - crop_overlap) / p)) * p)
-        self.requires_gpu = device.startswith("cuda")
-        self.memory_bytes = int(sum(x.numel() for x in net.parameters()) * 4 + 1024**3)
 
     @classmethod
     def from_config(cls, cfg: FeatureConfig) -> "DinoFeatures":
-        if not cfg.checkpoint:
-            raise CheckpointError("feature backend 'dino' needs cues.features.checkpoint (a local file)")
+        path = require_checkpoint(cfg.checkpoint, "feature backend 'dino'", "cues.features.checkpoint")
         net = build_vit(cfg.arch)
-        load_checkpoint(net, cfg.checkpoint)
+        load_checkpoint(net, path)
         return cls(net, stride=cfg.stride, crop_size=cfg.crop_size, crop_overlap=cfg.crop_overlap,
                    batch_size=cfg.batch_size, device=cfg.device)
-
-    def setup(self, device: str | None = None) -> None:
-        device = device or self.preferred_device
-        self.net.to(device)
-        super().setup(device)
-
-    def _ensure_setup(self) -> None:
-        if self.device is None:
-            self.setup(self.preferred_device)
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         outs = [self.net(x[s : s + self.batch_size]) for s in range(0, x.shape[0], self.batch_size)]

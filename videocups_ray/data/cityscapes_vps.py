@@ -42,10 +42,9 @@ from videocups_ray.data.encodings import (
     decode_kitti_depth,
     encode_cityscapes_panoptic,
     read_image,
-    read_png,
-    write_png,
 )
-from videocups_ray.data.sources import FrameSource, check_same_size
+from videocups_ray.data.predictions import PanopticPredictions, panoptic_prediction_path, write_panoptic_prediction
+from videocups_ray.data.sources import VideoListSource, read_png_matching
 from videocups_ray.data.types import DataError, Frame
 
 IMAGE_SUFFIXES = ("_leftImg8bit.png", "_newImg8bit.png")
@@ -102,7 +101,7 @@ class _Item:
     depth: Path | None
 
 
-class CityscapesVpsSource(FrameSource):
+class CityscapesVpsSource(VideoListSource):
     """Frames of a Cityscapes-VPS / DVPS split folder (see the module docstring)."""
 
     def __init__(self, root: str | os.PathLike):
@@ -154,25 +153,15 @@ class CityscapesVpsSource(FrameSource):
                         found[stem] = p
         return found
 
-    def videos(self) -> list[str]:
-        return sorted(self._videos)
-
-    def num_frames(self, video_id: str) -> int:
-        self._check_video(video_id, self._videos)
-        return len(self._videos[video_id])
-
     def frames(self, video_id: str, start: int = 0, stop: int | None = None) -> Iterator[Frame]:
-        self._check_video(video_id, self._videos)
-        items = self._videos[video_id]
-        for pos in self._range(len(items), start, stop, f"{self.root} video {video_id!r}"):
-            yield self._read(video_id, items[pos])
+        for _, item in self._items(video_id, start, stop, str(self.root)):
+            yield self._read(video_id, item)
 
     def _read(self, video_id: str, item: _Item) -> Frame:
         frame = Frame(video_id=video_id, frame_index=item.frame_index, image=read_image(item.image),
                       extra={"stem": item.stem})
         if item.label is not None:
-            png = read_png(item.label)
-            check_same_size(png.shape, frame.image.shape, item.label, item.image)
+            png = read_png_matching(item.label, frame.image.shape, item.image)
             if item.label.name.endswith(LABEL_ID_SUFFIXES):
                 frame.semantic, frame.instance = decode_final_mask(png, str(item.label))
             elif png.ndim == 3:
@@ -181,8 +170,7 @@ class CityscapesVpsSource(FrameSource):
             else:
                 frame.semantic, frame.instance = decode_cityscapes_panoptic(png, str(item.label))
         if item.depth is not None:
-            png = read_png(item.depth)
-            check_same_size(png.shape, frame.image.shape, item.depth, item.image)
+            png = read_png_matching(item.depth, frame.image.shape, item.image)
             frame.depth = decode_kitti_depth(png, str(item.depth))
         return frame
 
@@ -191,7 +179,7 @@ class CityscapesVpsSource(FrameSource):
 def cityscapes_vps_prediction_path(out_dir: str | os.PathLike, video_id: str, frame_index: int) -> Path:
     """``out_dir/panoptic/<video>/<frame:06d>.png``: the KITTI-STEP folder layout (so one
     evaluator reads both), told apart by the encoding (16-bit single channel here)."""
-    return Path(out_dir) / "panoptic" / video_id / f"{int(frame_index):06d}.png"
+    return panoptic_prediction_path(out_dir, video_id, frame_index)
 
 
 def write_cityscapes_vps_prediction(out_dir: str | os.PathLike, video_id: str, frame_index: int,
@@ -201,43 +189,11 @@ def write_cityscapes_vps_prediction(out_dir: str | os.PathLike, video_id: str, f
     Written atomically. Instance IDs must lie in [0, 999] (the encoding's limit): a tracker that
     gives more IDs per video must renumber them before writing.
     """
-    path = cityscapes_vps_prediction_path(out_dir, video_id, frame_index)
-    try:
-        png = encode_cityscapes_panoptic(np.asarray(semantic), np.asarray(instance))
-    except ValueError as exc:
-        raise DataError(f"{path}: cannot encode prediction for {video_id!r} frame {frame_index}: {exc}") from None
-    write_png(path, png)
-    return path
+    return write_panoptic_prediction(out_dir, video_id, frame_index, semantic, instance,
+                                     encode_cityscapes_panoptic)
 
 
-class CityscapesVpsPredictions:
+class CityscapesVpsPredictions(PanopticPredictions):
     """Reads a folder written by :func:`write_cityscapes_vps_prediction`."""
 
-    def __init__(self, out_dir: str | os.PathLike):
-        self.root = Path(out_dir) / "panoptic"
-        if not self.root.is_dir():
-            raise DataError(f"{self.root}: prediction folder not found")
-
-    def videos(self) -> list[str]:
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir())
-
-    def frame_indices(self, video_id: str) -> list[int]:
-        folder = self.root / video_id
-        if not folder.is_dir():
-            raise DataError(f"{folder}: no predictions for video {video_id!r}")
-        out = []
-        for p in folder.iterdir():
-            if p.suffix.lower() == ".png":
-                if not p.stem.isdigit():
-                    raise DataError(f"{p}: expected <frame:06d>.png")
-                out.append(int(p.stem))
-        return sorted(out)
-
-    def read(self, video_id: str, frame_index: int) -> tuple[np.ndarray, np.ndarray]:
-        path = cityscapes_vps_prediction_path(self.root.parent, video_id, frame_index)
-        return decode_cityscapes_panoptic(read_png(path), str(path))
-
-    def __iter__(self) -> Iterator[tuple[str, int, np.ndarray, np.ndarray]]:
-        for vid in self.videos():
-            for idx in self.frame_indices(vid):
-                yield (vid, idx, *self.read(vid, idx))
+    decode = staticmethod(decode_cityscapes_panoptic)

@@ -33,9 +33,9 @@ from videocups_ray.data.encodings import (
     encode_kitti_panoptic,
     read_image,
     read_png,
-    write_png,
 )
-from videocups_ray.data.sources import FrameSource, check_same_size
+from videocups_ray.data.predictions import PanopticPredictions, panoptic_prediction_path, write_panoptic_prediction
+from videocups_ray.data.sources import FrameSource, check_same_size, read_png_matching
 from videocups_ray.data.types import DataError, Frame
 
 LABEL_DIRS = ("panoptic", "panoptic_maps")
@@ -172,18 +172,15 @@ class KittiStepSource(FrameSource):
         frame = Frame(video_id=video_id, frame_index=index, image=read_image(image_path))
         if seq.labels is not None:
             label_path = seq.labels[pos]
-            rgb = read_png(label_path)
-            check_same_size(rgb.shape, frame.image.shape, label_path, image_path)
+            rgb = read_png_matching(label_path, frame.image.shape, image_path)
             frame.semantic, frame.instance = decode_kitti_panoptic(rgb, str(label_path))
         if "depth" in seq.extras:
             path = seq.extras["depth"][index]
-            png = read_png(path)
-            check_same_size(png.shape, frame.image.shape, path, image_path)
+            png = read_png_matching(path, frame.image.shape, image_path)
             frame.depth = decode_kitti_depth(png, str(path))
         if "flow" in seq.extras and index in seq.extras["flow"]:
             path = seq.extras["flow"][index]
-            png = read_png(path)
-            check_same_size(png.shape, frame.image.shape, path, image_path)
+            png = read_png_matching(path, frame.image.shape, image_path)
             frame.flow, frame.flow_valid = decode_kitti_flow(png, str(path))
         if "motion" in seq.extras:
             path = seq.extras["motion"][index]
@@ -201,7 +198,7 @@ class KittiStepSource(FrameSource):
 
 # --------------------------------------------------------------------------- predictions
 def kitti_step_prediction_path(out_dir: str | os.PathLike, video_id: str, frame_index: int) -> Path:
-    return Path(out_dir) / "panoptic" / video_id / f"{int(frame_index):06d}.png"
+    return panoptic_prediction_path(out_dir, video_id, frame_index)
 
 
 def write_kitti_step_prediction(out_dir: str | os.PathLike, video_id: str, frame_index: int,
@@ -210,38 +207,12 @@ def write_kitti_step_prediction(out_dir: str | os.PathLike, video_id: str, frame
 
     Semantic IDs must fit in 8 bit and instance (track) IDs in 16 bit, as the format demands.
     """
-    path = kitti_step_prediction_path(out_dir, video_id, frame_index)
-    try:
-        rgb = encode_kitti_panoptic(np.asarray(semantic), np.asarray(instance))
-    except ValueError as exc:
-        raise DataError(f"{path}: cannot encode prediction for {video_id!r} frame {frame_index}: {exc}") from None
-    write_png(path, rgb)
-    return path
+    return write_panoptic_prediction(out_dir, video_id, frame_index, semantic, instance, encode_kitti_panoptic)
 
 
-class KittiStepPredictions:
-    """Reads a folder written by :func:`write_kitti_step_prediction` (or KITTI-STEP ground truth)."""
+class KittiStepPredictions(PanopticPredictions):
+    """Reads a folder written by :func:`write_kitti_step_prediction` (or KITTI-STEP ground truth):
+    (semantic uint8, instance int32) per frame."""
 
-    def __init__(self, out_dir: str | os.PathLike):
-        self.root = Path(out_dir) / "panoptic"
-        if not self.root.is_dir():
-            raise DataError(f"{self.root}: prediction folder not found")
-
-    def videos(self) -> list[str]:
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir())
-
-    def frame_indices(self, video_id: str) -> list[int]:
-        folder = self.root / video_id
-        if not folder.is_dir():
-            raise DataError(f"{folder}: no predictions for video {video_id!r}")
-        return sorted(_png_files(folder))
-
-    def read(self, video_id: str, frame_index: int) -> tuple[np.ndarray, np.ndarray]:
-        """(semantic uint8, instance int32) of one frame."""
-        path = self.root / video_id / f"{int(frame_index):06d}.png"
-        return decode_kitti_panoptic(read_png(path), str(path))
-
-    def __iter__(self) -> Iterator[tuple[str, int, np.ndarray, np.ndarray]]:
-        for vid in self.videos():
-            for idx in self.frame_indices(vid):
-                yield (vid, idx, *self.read(vid, idx))
+    decode = staticmethod(decode_kitti_panoptic)
+    _frame_number = staticmethod(_frame_number)

@@ -23,7 +23,11 @@ import glob as globlib
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+
+from videocups_ray.data.encodings import read_png
 from videocups_ray.data.types import DataError, Frame, UnknownFormatError
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
@@ -70,6 +74,28 @@ class FrameSource(abc.ABC):
         return range(start, stop)
 
 
+class VideoListSource(FrameSource):
+    """A source that holds each video as a list, in frame order, in ``self._videos``
+    (video ID -> items); subclasses fill it and turn an item into a :class:`Frame`."""
+
+    _videos: dict[str, list]
+
+    def videos(self) -> list[str]:
+        return sorted(self._videos)
+
+    def num_frames(self, video_id: str) -> int:
+        self._check_video(video_id, self._videos)
+        return len(self._videos[video_id])
+
+    def _items(self, video_id: str, start: int, stop: int | None, where: str) -> Iterator[tuple[int, Any]]:
+        """``(position, item)`` of one video's positions ``start <= i < stop``; ``where`` names the
+        source in range errors."""
+        self._check_video(video_id, self._videos)
+        items = self._videos[video_id]
+        for pos in self._range(len(items), start, stop, f"{where} video {video_id!r}"):
+            yield pos, items[pos]
+
+
 def check_same_size(label_shape: tuple[int, ...], image_shape: tuple[int, ...], label_path: Path,
                     image_path: Path) -> None:
     """A label map must cover its image exactly (no silent resizing)."""
@@ -77,6 +103,13 @@ def check_same_size(label_shape: tuple[int, ...], image_shape: tuple[int, ...], 
         raise DataError(f"{label_path}: label size {label_shape[1]}x{label_shape[0]} differs from "
                         f"image {image_path} size {image_shape[1]}x{image_shape[0]}")
 
+
+
+def read_png_matching(path: Path, image_shape: tuple[int, ...], image_path: Path) -> np.ndarray:
+    """A ground-truth PNG (labels, depth, flow) of a frame, checked to cover its image exactly."""
+    png = read_png(path)
+    check_same_size(png.shape, image_shape, path, image_path)
+    return png
 
 # --------------------------------------------------------------------------- open_source
 def _open_kitti(spec: str) -> FrameSource:

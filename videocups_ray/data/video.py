@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from videocups_ray.data.encodings import read_image
-from videocups_ray.data.sources import IMAGE_EXTENSIONS, LIST_EXTENSIONS, FrameSource
+from videocups_ray.data.sources import IMAGE_EXTENSIONS, LIST_EXTENSIONS, FrameSource, VideoListSource
 from videocups_ray.data.types import DataError, Frame
 
 
@@ -83,7 +83,7 @@ class VideoFileSource(FrameSource):
             cap.release()
 
 
-class ImageFolderSource(FrameSource):
+class ImageFolderSource(VideoListSource):
     """Image files grouped into videos by their folder, frames sorted by file name."""
 
     has_labels = False
@@ -150,22 +150,13 @@ class ImageFolderSource(FrameSource):
             out[vid] = sorted(fs, key=lambda p: p.name)
         return out
 
-    def videos(self) -> list[str]:
-        return sorted(self._videos)
-
-    def num_frames(self, video_id: str) -> int:
-        self._check_video(video_id, self._videos)
-        return len(self._videos[video_id])
-
     def frames(self, video_id: str, start: int = 0, stop: int | None = None) -> Iterator[Frame]:
-        self._check_video(video_id, self._videos)
-        paths = self._videos[video_id]
         first_shape = None
-        for i in self._range(len(paths), start, stop, f"{self.origin} video {video_id!r}"):
-            image = read_image(paths[i])
+        for i, path in self._items(video_id, start, stop, str(self.origin)):
+            image = read_image(path)
             if first_shape is None:
                 first_shape = image.shape
             elif image.shape != first_shape:
-                raise DataError(f"{paths[i]}: image size {image.shape[1]}x{image.shape[0]} differs from "
+                raise DataError(f"{path}: image size {image.shape[1]}x{image.shape[0]} differs from "
                                 f"the video's first frame ({first_shape[1]}x{first_shape[0]})")
-            yield Frame(video_id=video_id, frame_index=i, image=image, extra={"path": str(paths[i])})
+            yield Frame(video_id=video_id, frame_index=i, image=image, extra={"path": str(path)})

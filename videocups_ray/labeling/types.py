@@ -31,6 +31,14 @@ def check_array(arr: np.ndarray | None, name: str, where: str, shape: tuple[int,
         raise DataError(f"{where}: {name} has shape {arr.shape}, expected {shape}")
 
 
+
+def _check_flow_fields(item: FrameCues | FrameProposal, h: int, w: int) -> None:
+    """The optional flows (``H x W x 2``) and occlusion masks (``H x W``) of a frame's record."""
+    check_array(item.flow_fw, "flow_fw", item.name, (h, w, 2), optional=True)
+    check_array(item.flow_bw, "flow_bw", item.name, (h, w, 2), optional=True)
+    check_array(item.occ_fw, "occ_fw", item.name, (h, w), optional=True)
+    check_array(item.occ_bw, "occ_bw", item.name, (h, w), optional=True)
+
 @dataclass
 class FrameCues:
     """Everything the cue stages produce for one frame.
@@ -67,10 +75,7 @@ class FrameCues:
             raise DataError(f"{self.name}: depth must be an H x W array")
         h, w = self.shape
         check_array(self.motion_prob, "motion_prob", self.name, (h, w))
-        check_array(self.flow_fw, "flow_fw", self.name, (h, w, 2), optional=True)
-        check_array(self.flow_bw, "flow_bw", self.name, (h, w, 2), optional=True)
-        check_array(self.occ_fw, "occ_fw", self.name, (h, w), optional=True)
-        check_array(self.occ_bw, "occ_bw", self.name, (h, w), optional=True)
+        _check_flow_fields(self, h, w)
         if self.flow_fw is None and self.flow_bw is None:
             raise DataError(f"{self.name}: neither flow_fw nor flow_bw is given")
         for key in ("features_high", "features_low"):
@@ -114,10 +119,7 @@ class FrameProposal:
             raise DataError(f"{self.name}: instances must be integer IDs, got dtype {self.instances.dtype}")
         if self.semantic.dtype != np.uint8:
             raise DataError(f"{self.name}: semantic must be uint8 pseudo-classes, got dtype {self.semantic.dtype}")
-        check_array(self.flow_fw, "flow_fw", self.name, (h, w, 2), optional=True)
-        check_array(self.flow_bw, "flow_bw", self.name, (h, w, 2), optional=True)
-        check_array(self.occ_fw, "occ_fw", self.name, (h, w), optional=True)
-        check_array(self.occ_bw, "occ_bw", self.name, (h, w), optional=True)
+        _check_flow_fields(self, h, w)
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}

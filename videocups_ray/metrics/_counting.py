@@ -8,6 +8,8 @@ divisors stay correct, only slower.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 
 from videocups_ray.data.types import DataError
@@ -150,3 +152,25 @@ def check_semantic_range(semantic: np.ndarray, num_classes: int, ignore_label: i
             f"{where}: {name} has class {value} (panoptic ID // {label_divisor}), not in "
             f"[0, {num_classes}) and not the ignore label {ignore_label}; an instance ID >= "
             f"label_divisor or a wrong label_divisor gives this")
+
+
+def check_thing_classes(things: Iterable[int], num_classes: int, ignore_label: int) -> tuple[int, ...]:
+    """``things`` as a tuple of ints; ValueError unless each is a class ID other than the ignore label."""
+    things = tuple(int(t) for t in things)
+    for t in things:
+        if not 0 <= t < num_classes or t == ignore_label:
+            raise ValueError(f"thing class {t} must be in [0, {num_classes}) and not the ignore label")
+    return things
+
+
+def class_masks(num_classes: int, things: tuple[int, ...], ignore_label: int,
+                size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(is_thing, is_valid)`` boolean tables over class IDs ``[0, size)`` (size defaults to
+    ``num_classes``); the ignore label, when it falls inside the table, is not valid."""
+    size = num_classes if size is None else size
+    is_thing = np.zeros(size, bool)
+    is_thing[list(things)] = True
+    is_valid = np.ones(size, bool)
+    if ignore_label < size:
+        is_valid[ignore_label] = False
+    return is_thing, is_valid

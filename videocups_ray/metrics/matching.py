@@ -27,7 +27,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from videocups_ray.data.types import DataError
-from videocups_ray.metrics._counting import split_panoptic
+from videocups_ray.metrics._counting import check_thing_classes, class_masks, split_panoptic
 
 # Pseudo-class IDs must stay below this (they index a dense overlap table).
 MAX_PSEUDO_CLASSES = 1 << 16
@@ -61,19 +61,12 @@ class UnsupervisedMatcher:
 
     def __init__(self, num_classes: int, things: Iterable[int], ignore_label: int = 255,
                  label_divisor: int = 65536):
-        things = tuple(int(t) for t in things)
-        for t in things:
-            if not 0 <= t < num_classes or t == ignore_label:
-                raise ValueError(f"thing class {t} must be in [0, {num_classes}) and not the ignore label")
+        things = check_thing_classes(things, num_classes, ignore_label)
         self.num_classes = num_classes
         self.things = things
         self.ignore_label = ignore_label
         self.label_divisor = label_divisor
-        self._gt_is_thing = np.zeros(num_classes, bool)
-        self._gt_is_thing[list(things)] = True
-        self._gt_valid = np.ones(num_classes, bool)
-        if ignore_label < num_classes:
-            self._gt_valid[ignore_label] = False
+        self._gt_is_thing, self._gt_valid = class_masks(num_classes, things, ignore_label)
         self.reset()
 
     def reset(self) -> None:

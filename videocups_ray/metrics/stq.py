@@ -29,6 +29,8 @@ import numpy as np
 
 from videocups_ray.metrics._counting import (
     check_label_pair,
+    check_thing_classes,
+    class_masks,
     compact_panoptic,
     decode_classes,
     pair_counts_compacted,
@@ -79,16 +81,13 @@ class STQ:
 
     def __init__(self, num_classes: int, things: Iterable[int], ignore_label: int = 255,
                  label_divisor: int = 65536):
-        things = tuple(int(t) for t in things)
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         if ignore_label < 0:
             raise ValueError(f"ignore_label must be >= 0, got {ignore_label}")
         if label_divisor < 2:
             raise ValueError(f"label_divisor must be >= 2, got {label_divisor}")
-        for t in things:
-            if not 0 <= t < num_classes or t == ignore_label:
-                raise ValueError(f"thing class {t} must be in [0, {num_classes}) and not the ignore label")
+        things = check_thing_classes(things, num_classes, ignore_label)
         self.num_classes = num_classes
         self.things = things
         self.ignore_label = ignore_label
@@ -97,8 +96,7 @@ class STQ:
         # or above num_classes; an ignore label inside the range uses its own row/column.
         self._matrix_size = num_classes + 1 if ignore_label >= num_classes else num_classes
         self._ignore_index = num_classes if ignore_label >= num_classes else ignore_label
-        self._is_thing = np.zeros(self._matrix_size, bool)
-        self._is_thing[list(things)] = True
+        self._is_thing, _ = class_masks(num_classes, things, ignore_label, size=self._matrix_size)
         self.reset()
 
     def reset(self) -> None:

@@ -29,6 +29,8 @@ import numpy as np
 from videocups_ray.data.types import DataError
 from videocups_ray.metrics._counting import (
     check_label_pair,
+    check_thing_classes,
+    class_masks,
     compact_panoptic,
     decode_classes,
     pair_counts_compacted,
@@ -58,7 +60,6 @@ class VPQ:
 
     def __init__(self, num_classes: int, things: Iterable[int], ignore_label: int = 255,
                  label_divisor: int = 65536, window_sizes: Iterable[int] = (1, 2, 3, 4)):
-        things = tuple(int(t) for t in things)
         window_sizes = tuple(int(n) for n in window_sizes)
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
@@ -66,19 +67,13 @@ class VPQ:
             raise ValueError(f"label_divisor must be >= 2, got {label_divisor}")
         if not window_sizes or min(window_sizes) < 1 or len(set(window_sizes)) != len(window_sizes):
             raise ValueError(f"window_sizes must be distinct integers >= 1, got {window_sizes}")
-        for t in things:
-            if not 0 <= t < num_classes or t == ignore_label:
-                raise ValueError(f"thing class {t} must be in [0, {num_classes}) and not the ignore label")
+        things = check_thing_classes(things, num_classes, ignore_label)
         self.num_classes = num_classes
         self.things = things
         self.ignore_label = ignore_label
         self.label_divisor = label_divisor
         self.window_sizes = window_sizes
-        self._is_thing = np.zeros(num_classes, bool)
-        self._is_thing[list(things)] = True
-        self._valid_class = np.ones(num_classes, bool)
-        if ignore_label < num_classes:
-            self._valid_class[ignore_label] = False
+        self._is_thing, self._valid_class = class_masks(num_classes, things, ignore_label)
         self.reset()
 
     def reset(self) -> None:

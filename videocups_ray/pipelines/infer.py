@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from videocups_ray.config import Config, ModelConfig
-from videocups_ray.data.encodings import encode_cityscapes_panoptic, write_png
+from videocups_ray.data.cityscapes_vps import write_cityscapes_vps_prediction
 from videocups_ray.data.kitti_step import write_kitti_step_prediction
 from videocups_ray.data.sources import FrameSource
 from videocups_ray.data.types import DataError, Frame, UnknownFormatError
@@ -83,23 +83,12 @@ def predict_video(model: torch.nn.Module, meta: ClassMeta, cfg: ModelConfig, fra
         yield from flush()
 
 
-def prediction_path(out: str | os.PathLike, video_id: str, frame_index: int) -> Path:
-    return Path(out) / "panoptic" / str(video_id) / f"{int(frame_index):06d}.png"
-
-
 def write_prediction(out: str | os.PathLike, fmt: str, video_id: str, pred: PanopticFrame) -> Path:
     """Write one predicted frame in ``fmt``; DataError naming the frame if it cannot be encoded."""
     if fmt == "kitti-step":
         return write_kitti_step_prediction(out, video_id, pred.frame_index, pred.semantic, pred.instance)
     if fmt == "cityscapes-vps":
-        path = prediction_path(out, video_id, pred.frame_index)
-        try:
-            png = encode_cityscapes_panoptic(pred.semantic, pred.instance)
-        except ValueError as exc:
-            raise DataError(f"{path}: cannot encode prediction of video {video_id!r} frame {pred.frame_index} "
-                            f"as Cityscapes-VPS: {exc}") from None
-        write_png(path, png)
-        return path
+        return write_cityscapes_vps_prediction(out, video_id, pred.frame_index, pred.semantic, pred.instance)
     raise UnknownFormatError(f"unknown prediction format {fmt!r}; known: {', '.join(FORMATS)}")
 
 

@@ -39,7 +39,7 @@ import numpy as np
 from videocups_ray import __version__
 from videocups_ray.config import Config, EvalConfig, SynthConfig
 from videocups_ray.data.shards import ShardWriter, read_manifest, read_shards
-from videocups_ray.data.sources import FrameSource, open_source
+from videocups_ray.data.sources import FrameSource, VideoListSource, open_source
 from videocups_ray.data.types import DataError, Frame
 from videocups_ray.labeling import FrameCues, ThingStuffStats, apply_thing_stuff, load_centroids, merge_thing_stuff, save_centroids
 from videocups_ray.pipelines.stages import (
@@ -64,7 +64,7 @@ CueProvider = Callable[[str], Iterable[tuple[Frame, FrameCues]]]  # video_id -> 
 
 
 # --------------------------------------------------------------------------- sources
-class MemorySource(FrameSource):
+class MemorySource(VideoListSource):
     """Frames held in memory, grouped by video (tests, benchmarks, generated corpora)."""
 
     def __init__(self, frames: list[Frame], has_labels: bool | None = None):
@@ -79,18 +79,9 @@ class MemorySource(FrameSource):
     def __repr__(self) -> str:
         return f"MemorySource({len(self._videos)} videos)"
 
-    def videos(self) -> list[str]:
-        return sorted(self._videos)
-
-    def num_frames(self, video_id: str) -> int:
-        self._check_video(video_id, self._videos)
-        return len(self._videos[video_id])
-
     def frames(self, video_id: str, start: int = 0, stop: int | None = None) -> Iterator[Frame]:
-        self._check_video(video_id, self._videos)
-        fs = self._videos[video_id]
-        for i in self._range(len(fs), start, stop, f"{self!r} video {video_id!r}"):
-            yield fs[i]
+        for _, frame in self._items(video_id, start, stop, repr(self)):
+            yield frame
 
 
 def synth_source(cfg: SynthConfig) -> MemorySource:

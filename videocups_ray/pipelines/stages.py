@@ -37,8 +37,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from videocups_ray.config import Config, LabelingConfig
+from videocups_ray.config import Config, DepthConfig, FeatureConfig, FlowConfig, LabelingConfig
 from videocups_ray.cues import DepthResult, FeatureResult, FlowResult, build_depth, build_features, build_flow
+from videocups_ray.cues.base import Estimator
 from videocups_ray.cues.depth import GeometryDepth
 from videocups_ray.data.types import DataError, Frame
 from videocups_ray.labeling import (
@@ -57,30 +58,44 @@ log = logging.getLogger(__name__)
 _warned_last_depth = False
 
 
-def _device(requested: str | None, configured: str) -> str:
-    return requested or configured
-
-
 # --------------------------------------------------------------------------- cue stages
-class FlowStage:
-    """Forward + backward flow and occlusion of frame pairs (``cfg.cues.flow``)."""
+class _CueStage:
+    """One cue estimator built from its config section: a cheap constructor, the estimator built
+    and set up in ``setup`` (or at the first call, on the configured device)."""
 
-    def __init__(self, cfg: Config):
-        self.cfg = cfg.cues.flow
-        self.batch_size = self.cfg.batch_size
+    def __init__(self, section: FlowConfig | DepthConfig | FeatureConfig):
+        self.cfg = section
+        self.batch_size = section.batch_size
         self._est = None
 
+    @staticmethod
+    def _build(section: FlowConfig | DepthConfig | FeatureConfig) -> Estimator:
+        raise NotImplementedError
+
     def setup(self, device: str | None = None) -> None:
-        self._est = build_flow(self.cfg)
-        self._est.setup(_device(device, self.cfg.device))
+        self._est = self._build(self.cfg)
+        self._est.setup(device or self.cfg.device)
+
+    def _estimator(self) -> Estimator:
+        if self._est is None:
+            self.setup()
+        return self._est
+
+
+class FlowStage(_CueStage):
+    """Forward + backward flow and occlusion of frame pairs (``cfg.cues.flow``)."""
+
+    _build = staticmethod(build_flow)
+
+    def __init__(self, cfg: Config):
+        super().__init__(cfg.cues.flow)
 
     def process(self, frames_t: Sequence[Frame], frames_t1: Sequence[Frame]) -> FlowResult:
         """Pairs ``(frames_t[i], frames_t1[i])`` -> one :class:`FlowResult` batch."""
-        if self._est is None:
-            self.setup()
+        est = self._estimator()
         if len(frames_t) != len(frames_t1):
             raise DataError(f"flow stage: {len(frames_t)} frames t but {len(frames_t1)} frames t+1")
-        return self._est(list(frames_t), list(frames_t1))
+        return est(list(frames_t), list(frames_t1))
 
     def teardown(self) -> None:
         if self._est is not None:
@@ -88,17 +103,13 @@ class FlowStage:
         self._est = None
 
 
-class DepthStage:
+class DepthStage(_CueStage):
     """Depth (m) and motion probability per frame (``cfg.cues.depth``); per-video state."""
 
-    def __init__(self, cfg: Config):
-        self.cfg = cfg.cues.depth
-        self.batch_size = self.cfg.batch_size
-        self._est = None
+    _build = staticmethod(build_depth)
 
-    def setup(self, device: str | None = None) -> None:
-        self._est = build_depth(self.cfg)
-        self._est.setup(_device(device, self.cfg.device))
+    def __init__(self, cfg: Config):
+        super().__init__(cfg.cues.depth)
 
     def reset(self) -> None:
         """A new video starts (the geometry backend forgets its last depth and road plane)."""
@@ -108,9 +119,7 @@ class DepthStage:
     def process(self, frames_t: Sequence[Frame], frames_t1: Sequence[Frame], flow: FlowResult,
                 K: np.ndarray | None = None) -> DepthResult:
         """Depth of ``frames_t`` from the pairs (t, t+1); pairs of one video, in order."""
-        if self._est is None:
-            self.setup()
-        return self._est(list(frames_t), list(frames_t1), flow, K)
+        return self._estimator()(list(frames_t), list(frames_t1), flow, K)
 
     def process_last(self, frame: Frame, prev_frame: Frame, flow_prev: FlowResult,
                      prev_depth: DepthResult) -> DepthResult:
@@ -123,11 +132,10 @@ class DepthStage:
         frame on its own.
         """
         global _warned_last_depth
-        if self._est is None:
-            self.setup()
-        if not isinstance(self._est, GeometryDepth):
+        est = self._estimator()
+        if not isinstance(est, GeometryDepth):
             reversed_pair = FlowResult(flow_prev.bw, flow_prev.fw, flow_prev.occlusion_bw, flow_prev.occlusion)
-            return self._est([frame], [prev_frame], reversed_pair, None)
+            return est([frame], [prev_frame], reversed_pair, None)
         if not _warned_last_depth:
             log.warning("depth: %s frame %d is the last of its video; geometry depth and motion are "
                         "the previous frame's, warped along the backward flow", frame.video_id,
@@ -142,25 +150,20 @@ class DepthStage:
         return DepthResult(warp[0][None], warp[1][None], (warp[2] > 0)[None] & ~flow_prev.occlusion_bw)
 
 
-class FeatureStage:
+class FeatureStage(_CueStage):
     """Per-pixel features at two scales (``cfg.cues.features``)."""
 
-    def __init__(self, cfg: Config):
-        self.cfg = cfg.cues.features
-        self.batch_size = self.cfg.batch_size
-        self._est = None
+    _build = staticmethod(build_features)
 
-    def setup(self, device: str | None = None) -> None:
-        self._est = build_features(self.cfg)
-        self._est.setup(_device(device, self.cfg.device))
+    def __init__(self, cfg: Config):
+        super().__init__(cfg.cues.features)
 
     def process(self, frames: Sequence[Frame], depth: np.ndarray | None) -> FeatureResult:
         """``(high, low)`` features of ``frames``; ``depth`` is ``N x H x W`` metres or None."""
-        if self._est is None:
-            self.setup()
+        est = self._estimator()
         frames = list(frames)
         K = frames[0].extra.get("K") if frames else None
-        return self._est(frames, depth=depth, K=None if K is None else np.asarray(K, np.float64))
+        return est(frames, depth=depth, K=None if K is None else np.asarray(K, np.float64))
 
     def teardown(self) -> None:
         if self._est is not None:
