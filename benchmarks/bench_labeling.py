@@ -17,6 +17,8 @@ import time
 
 import numpy as np
 
+from videocups_ray.config import FeatureConfig
+from videocups_ray.cues.features import descriptor_channels
 from videocups_ray import kernels
 from videocups_ray.config import LabelingConfig
 from videocups_ray.kernels import reference
@@ -115,7 +117,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="10 frames, one repeat")
     ap.add_argument("--frames", type=int, default=40)
-    ap.add_argument("--channels", type=int, default=17)
+    ap.add_argument("--channels", type=int, default=descriptor_channels(FeatureConfig().context_sigmas),
+                    help="feature channels (default: the hand-made descriptor's)")
     args = ap.parse_args()
     n = 10 if args.quick else args.frames
     cfg = LabelingConfig(clip_length=30)

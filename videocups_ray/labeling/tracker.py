@@ -173,6 +173,39 @@ class VideoTracker:
         self.reset()
         return out
 
+    def preview(self, nxt: FrameProposal | None) -> LabelledFrame | None:
+        """Provisional label (``final=False``) of the waiting frame t now, before t+1's real
+        proposal exists; the tracker state is left exactly as it was (low-latency streaming).
+
+        ``nxt`` stands in for t+1 in the semantic vote (e.g. semantics from cues of the pair
+        (t, t+1) alone); only its ``semantic`` is used, and None votes without t+1. Track IDs
+        equal those ``push`` will give, since associating t needs only t-1 and t; the recovery
+        reservations t+1 would get are not made (they belong to t+1's real proposal). So the
+        preview can differ from the label ``push`` gives only in the voted semantics and the
+        clip classes shown. None when no frame is waiting.
+        """
+        cur = self._cur
+        if cur is None:
+            return None
+        if nxt is not None:
+            nxt.validate()
+            if nxt.video_id != cur.video_id or nxt.frame_index != cur.frame_index + 1 or nxt.shape != cur.shape:
+                raise DataError(f"{nxt.name}: a preview needs the frame after {cur.name} with shape {cur.shape}, "
+                                f"got shape {nxt.shape}")
+        saved = (self._next_id, self._reserved, self._clip_index, len(self._clip_frames),
+                 {k: v.copy() for k, v in self._track_hist.items()}, dict(self._track_frames))
+        try:
+            tracked = self._associate(cur, None)
+            voted = self._vote(cur, nxt)
+            if self._clip_index is None:
+                self._clip_index = cur.frame_index // self.cfg.clip_length
+            self._add_to_clip(cur.frame_index, voted, tracked, self._ignore_mask(cur))
+            return self._render(self._clip_frames[-1], final=False)
+        finally:
+            (self._next_id, self._reserved, self._clip_index, n_frames,
+             self._track_hist, self._track_frames) = saved
+            del self._clip_frames[n_frames:]
+
     # ------------------------------------------------------------------ helpers
     def _as_proposal(self, item: FrameCues | FrameProposal) -> FrameProposal:
         if isinstance(item, FrameCues):

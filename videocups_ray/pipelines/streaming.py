@@ -1,21 +1,32 @@
 """Online pseudo-labeling: frames pushed as they arrive, labels out with bounded latency.
 
 :class:`StreamingPseudoLabeler` runs the same stages as the corpus engines, one frame pair at
-a time, in the order of :class:`~videocups_ray.pipelines.stages.VideoCueRunner`, with the
-tracker in ``emit="online"`` mode:
+a time, in the order of :class:`~videocups_ray.pipelines.stages.VideoCueRunner`. Frame t gets
+a *provisional* label (``final=False``) first, then, when its clip closes, the *final* one
+(clip-level class alignment, short tracks dropped). Final frames equal the corpus engines'
+rows bit for bit in both latency modes (``ray.stream_latency``):
 
-- frame t is *provisionally* labelled (``final=False``) as soon as its window (t-1, t, t+1)
-  exists. With these cues that is when frame t+2 arrives: t's forward flow needs t+1, and the
-  tracker labels t only once t+1's proposal (depth and region growing, which need t+1's own
-  forward flow, i.e. frame t+2) is in. Latency is therefore two frame periods plus processing;
-- when a clip closes, all its frames come again with ``final=True`` (clip-level class
-  alignment, short tracks dropped). Final frames equal the corpus engines' rows bit for bit.
+- ``"one_frame"`` (default): t is labelled when t+1 arrives. The vote window of t needs t+1,
+  whose real proposal needs t+1's forward flow, i.e. frame t+2; so t+1 is stood in by cues of
+  the pair (t, t+1) alone (depth/motion of t carried to t+1 along the backward flow, as for a
+  video's last frame; features of t+1 on that depth) and only its semantics enter the vote
+  (:meth:`~videocups_ray.labeling.VideoTracker.preview`, which leaves the tracker untouched).
+  Track IDs of a provisional frame are the exact ones; only its voted semantics can differ.
+  When t+2 arrives, t+1's cues are computed exactly and the tracker advances as in corpus
+  mode. Latency: one frame period plus processing. The stand-in costs a second features +
+  semantics pass and a second association per frame (bench_ray.py reports both modes: latency,
+  processing time, STQ of first and final labels). Running it in a helper thread beside t's
+  proposal measured no gain on 2 busy cores, so it runs in line;
+- ``"exact"``: the tracker's own online emission, t labelled when t+2 arrives (two periods
+  plus processing), provisional labels with exact cues.
 
 :class:`StreamRunner` adds arrival-time decoupling: a bounded queue between the producer
 (camera, file, watched folder) and a worker thread. When processing is slower than arrival,
-``ray.stream_backpressure`` decides: ``block`` (the producer waits; frames are never lost) or
-``drop`` (the newest frame is discarded, counted, logged once, and a dropped frame ends the
-current video segment, since the tracker needs consecutive frames). Both are reported.
+``ray.stream_backpressure`` decides: ``block`` (the producer waits; frames are never lost;
+waits counted) or ``drop`` (the newest frame is discarded, counted, logged once, and a dropped
+frame ends the current video segment, since the tracker needs consecutive frames). Both are
+reported in the summary, with latency (arrival -> first label, so waits count) and the
+per-frame processing time that separates machine load from design.
 
 ``run_stream(cfg, source, out)`` wires a source (camera index, video file, or a folder to
 watch) to the runner and writes final frames to shards. This engine runs in one process;
@@ -33,7 +44,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -41,20 +52,28 @@ from videocups_ray import __version__
 from videocups_ray.config import Config
 from videocups_ray.cues import DepthResult, FlowResult
 from videocups_ray.data.types import DataError, Frame
-from videocups_ray.labeling import LabelledFrame, SemanticLabeler, VideoTracker
+from videocups_ray.labeling import FrameProposal, LabelledFrame, SemanticLabeler, VideoTracker
 from videocups_ray.pipelines.stages import CueStages, assemble_cues, fit_centroids, labelled_to_row
 
 log = logging.getLogger(__name__)
+LATENCY_MODES = ("one_frame", "exact")
 
 
 class StreamingPseudoLabeler:
     """``push(frame) -> labelled frames`` for one live stream at a time (see the module doc)."""
 
-    def __init__(self, cfg: Config, centroids: np.ndarray, *, stages: CueStages | None = None):
+    def __init__(self, cfg: Config, centroids: np.ndarray, *, stages: CueStages | None = None,
+                 latency: Literal["one_frame", "exact"] | None = None):
         self.cfg = cfg
+        self.latency = cfg.ray.stream_latency if latency is None else latency
+        if self.latency not in LATENCY_MODES:
+            raise ValueError(f"stream latency must be one of {LATENCY_MODES}, got {self.latency!r}")
         self.stages = stages or CueStages.from_config(cfg)
         self.stages.setup()
-        self.tracker = VideoTracker(cfg.labeling, semantics=SemanticLabeler(centroids, cfg.labeling), emit="online")
+        # one_frame: provisional frames come from preview(); the tracker itself emits finals only
+        emit = "online" if self.latency == "exact" else "clip"
+        self.tracker = VideoTracker(cfg.labeling, semantics=SemanticLabeler(centroids, cfg.labeling), emit=emit)
+        self._warned_stand_in = False
         self._reset_stream()
 
     def _reset_stream(self) -> None:
@@ -85,8 +104,31 @@ class StreamingPseudoLabeler:
             cues = assemble_cues(prev, dr.depth[0], dr.motion_prob[0], fe.high[0], fe.low[0], self._flow_prev, fr)
             self._flow_prev, self._last_depth = fr, dr
             out += self.tracker.push(cues)
+            if self.latency == "one_frame":
+                labelled = self.tracker.preview(self._stand_in(frame, prev, fr, dr))
+                out += [] if labelled is None else [labelled]
         self._prev_prev, self._prev = prev, frame
         return out
+
+    def _stand_in(self, frame: Frame, prev: Frame, flow: FlowResult, prev_depth: DepthResult) -> FrameProposal:
+        """Frame t+1 (``frame``) from the pair (t, t+1) alone, for the vote of t; see the module
+        docstring. Depth carry-over, features and semantics only: region growing is skipped, as
+        the preview uses no instances of t+1 (cProfile, 256x512: ~0.025 s of a ~0.23 s push)."""
+        if not self._warned_stand_in:
+            log.warning("stream %s: stream_latency 'one_frame': provisional labels of frame t vote with a stand-in "
+                        "for t+1 (depth/motion carried from t along the backward flow, the last-frame fallback); "
+                        "final labels are exact", frame.video_id)
+            self._warned_stand_in = True
+        dr = self.stages.depth.process_last(frame, prev, flow, prev_depth)
+        fe = self.stages.features.process([frame], dr.depth)
+        semantic = self.tracker.semantics(fe.high[0], fe.low[0], dr.depth[0])
+        no_instances = np.zeros(semantic.shape, np.int32)  # preview() uses the stand-in's semantics only
+        return FrameProposal(frame.video_id, int(frame.frame_index), no_instances, semantic,
+                             None, flow.bw[0], None, flow.occlusion_bw[0])
+
+    def close(self) -> None:
+        """Release the cue stages' resources (models, OpenCV objects)."""
+        self.stages.teardown()
 
     def end(self) -> list[LabelledFrame]:
         """The stream (or video) ended: label the last frame, close the clip, reset."""
@@ -108,17 +150,25 @@ class StreamingPseudoLabeler:
 # --------------------------------------------------------------------------- runner with backpressure
 @dataclass
 class StreamStats:
+    """Counts and timings of one :class:`StreamRunner` (all times in seconds)."""
+
     received: int = 0
-    dropped: int = 0
+    dropped: int = 0  # ``drop`` policy: frames discarded because the queue was full
+    blocked: int = 0  # ``block`` policy: offers that had to wait for room in the queue
+    blocked_s: float = 0.0  # total time producers waited (counted in the latencies too)
     provisional: int = 0
     final: int = 0
-    latencies_s: list[float] = field(default_factory=list)  # arrival -> first (provisional) label
+    latencies_s: list[float] = field(default_factory=list)  # arrival -> first label (provisional or final)
+    processing_s: list[float] = field(default_factory=list)  # labeler time per pushed frame
 
     def summary(self) -> dict[str, Any]:
-        lat = np.array(self.latencies_s) if self.latencies_s else np.zeros(1)
-        return {"received": self.received, "dropped": self.dropped, "provisional": self.provisional,
-                "final": self.final, "latency_p50_s": round(float(np.percentile(lat, 50)), 4),
-                "latency_p95_s": round(float(np.percentile(lat, 95)), 4)}
+        def pct(values: list[float], q: float) -> float:
+            return round(float(np.percentile(values, q)), 4) if values else float("nan")
+
+        return {"received": self.received, "dropped": self.dropped, "blocked": self.blocked,
+                "blocked_s": round(self.blocked_s, 3), "provisional": self.provisional, "final": self.final,
+                "latency_p50_s": pct(self.latencies_s, 50), "latency_p95_s": pct(self.latencies_s, 95),
+                "processing_p50_s": pct(self.processing_s, 50), "processing_p95_s": pct(self.processing_s, 95)}
 
 
 class StreamRunner:
@@ -147,7 +197,12 @@ class StreamRunner:
         self.stats.received += 1
         t = time.perf_counter()
         if self.policy == "block":
-            self._queue.put((frame, t, self._segment))
+            try:
+                self._queue.put_nowait((frame, t, self._segment))
+            except queue.Full:
+                self.stats.blocked += 1
+                self._queue.put((frame, t, self._segment))
+                self.stats.blocked_s += time.perf_counter() - t
             return True
         try:
             self._queue.put_nowait((frame, t, self._segment))
@@ -180,7 +235,10 @@ class StreamRunner:
                     self._deliver(self.labeler.end())
                 seg_video = (frame.video_id, seg)
                 self._arrival[(frame.video_id, frame.frame_index)] = t
-                self._deliver(self.labeler.push(frame))
+                start = time.perf_counter()
+                labelled = self.labeler.push(frame)
+                self.stats.processing_s.append(time.perf_counter() - start)
+                self._deliver(labelled)
         except BaseException as exc:  # noqa: BLE001 - handed to the producer thread and re-raised there
             self._error = exc
 
@@ -305,9 +363,13 @@ def run_stream(cfg: Config, source: str | int | Iterator[Frame], out: str | os.P
         if not runner.offer(frame):
             images.pop((frame.video_id, frame.frame_index))
         n += 1
-    stats = runner.close()
+    try:
+        stats = runner.close()
+    finally:
+        labeler.close()
     writer.close()
     summary = {"out": os.fspath(out), **stats.summary(), "policy": cfg.ray.stream_backpressure,
+               "stream_latency": labeler.latency,
                "seconds": round(time.perf_counter() - t0, 2), "written": writer.summary.written}
     if stats.dropped:
         log.warning("stream: %d of %d frames dropped by backpressure", stats.dropped, stats.received)
