@@ -35,3 +35,22 @@ def ray_session():
         yield ray
     finally:
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_local(tmp_path_factory):
+    """A 7-frame SynthDrive video pseudo-labelled by the local engine: (cfg, frames, shard dir,
+    centroids). The reference output the Ray and streaming engines are compared with."""
+    import numpy as np
+
+    from videocups_ray.config import Config, with_overrides
+    from videocups_ray.data.synthdrive import generate_sequence
+    from videocups_ray.pipelines.pseudolabel import MemorySource, run_local
+
+    cfg = with_overrides(Config(), synth={"sequences": 1, "frames": 7, "height": 96, "width": 192, "seed": 5},
+                         labeling={"num_clusters": 5, "kmeans_iters": 5, "kmeans_samples_per_frame": 64,
+                                   "kmeans_frames_per_video": 2, "clip_length": 4})
+    frames = list(generate_sequence(cfg.synth, 0))
+    out = tmp_path_factory.mktemp("local") / "shards"
+    run_local(cfg, MemorySource(frames), out, progress=False)
+    return cfg, frames, out, np.load(out / "centroids.npy")

@@ -9,9 +9,7 @@ from videocups_ray.actors.base import FailurePlan
 from videocups_ray.actors.writer import SKIPPED_KEY, WriterActor, apply_id_map
 from videocups_ray.config import Config, with_overrides
 from videocups_ray.data.shards import read_manifest, read_shards
-from videocups_ray.data.synthdrive import generate_sequence
 from videocups_ray.data.types import DataError
-from videocups_ray.pipelines.pseudolabel import MemorySource, run_local
 from videocups_ray.pipelines.ray_chunks import plan_chunks, stitch_ids
 from videocups_ray.pipelines.streaming import StreamingPseudoLabeler, StreamRunner
 
@@ -90,14 +88,8 @@ def test_failure_plan_fires_once(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    cfg = with_overrides(Config(), synth={"sequences": 1, "frames": 7, "height": 96, "width": 192, "seed": 5},
-                         labeling={"num_clusters": 5, "kmeans_iters": 5, "kmeans_samples_per_frame": 64,
-                                   "kmeans_frames_per_video": 2, "clip_length": 4})
-    frames = list(generate_sequence(cfg.synth, 0))
-    out = tmp_path_factory.mktemp("local") / "shards"
-    run_local(cfg, MemorySource(frames), out, progress=False)
-    return cfg, frames, out
+def tiny(tiny_local):
+    return tiny_local[:3]
 
 
 def test_streaming_emits_in_order_and_finals_equal_local(tiny):

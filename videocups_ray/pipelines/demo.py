@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +109,14 @@ def stage_eval_pseudo(cfg: Config, corpus: Path, shards: Path) -> dict:
     return evaluate_pseudolabels(shards, open_source(str(corpus)), cfg.eval)
 
 
+def sampled_frames(src, per_video: int) -> Iterator[Frame]:
+    """``per_video`` frames of every video of ``src``, evenly spread from first to last."""
+    for vid in src.videos():
+        n = src.num_frames(vid)
+        picks = set(np.linspace(0, n - 1, min(per_video, n)).round().astype(int).tolist())
+        yield from (f for i, f in enumerate(src.frames(vid)) if i in picks)
+
+
 def _score_rows(name: str, r: dict) -> list:
     return [name, r["STQ"], r["AQ"], r["SQ"], r.get("VPQ")]
 
@@ -129,18 +138,15 @@ def stage_report_model(report: HtmlReport, val: Path, preds: Path, model_scores:
                  caption="Model vs pseudo-labels")
     pred = {(f.video_id, f.frame_index): f for f in load_label_dir(preds, "kitti-step")}
     src = open_source(str(val))
-    for vid in src.videos():
-        n = src.num_frames(vid)
-        picks = set(np.linspace(0, n - 1, min(frames, n)).round().astype(int).tolist())
-        for frame in src.frames(vid):
-            p = pred.get((frame.video_id, frame.frame_index))
-            if frame.frame_index in picks and p is not None:
-                report.image_row([
-                    (f"held-out {vid}/{frame.frame_index:06d}", frame.image),
-                    ("ground truth", colorize_panoptic(frame.semantic, frame.instance, image=frame.image)),
-                    ("model prediction", colorize_panoptic(p.semantic, p.instance, palette="pseudo",
-                                                           image=frame.image)),
-                ], width=360)
+    for frame in sampled_frames(src, frames):
+        p = pred.get((frame.video_id, frame.frame_index))
+        if p is not None:
+            report.image_row([
+                (f"held-out {frame.video_id}/{frame.frame_index:06d}", frame.image),
+                ("ground truth", colorize_panoptic(frame.semantic, frame.instance, image=frame.image)),
+                ("model prediction", colorize_panoptic(p.semantic, p.instance, palette="pseudo",
+                                                       image=frame.image)),
+            ], width=360)
 
 
 def stage_report_pseudo(report: HtmlReport, corpus: Path, shards: Path, scores: dict,
@@ -164,15 +170,11 @@ def stage_report_pseudo(report: HtmlReport, corpus: Path, shards: Path, scores: 
     pseudo = {(f.video_id, f.frame_index): f for f in read_pseudolabels(shards)}
     report.text("Each row: frame, ground truth (Cityscapes colours, track IDs), pseudo-label "
                 "(pseudo-class colours, pseudo track IDs; black = ignore).")
-    for vid in src.videos():
-        n = src.num_frames(vid)
-        picks = set(np.linspace(0, n - 1, min(frames_per_video, n)).round().astype(int).tolist())
-        for frame in src.frames(vid):
-            p = pseudo.get((frame.video_id, frame.frame_index))
-            if frame.frame_index not in picks or p is None:
-                continue
+    for frame in sampled_frames(src, frames_per_video):
+        p = pseudo.get((frame.video_id, frame.frame_index))
+        if p is not None:
             report.image_row([
-                (f"{vid}/{frame.frame_index:06d}", frame.image),
+                (f"{frame.video_id}/{frame.frame_index:06d}", frame.image),
                 ("ground truth", colorize_panoptic(frame.semantic, frame.instance, image=frame.image)),
                 ("pseudo-label", colorize_panoptic(p.semantic, p.instance, palette="pseudo",
                                                    image=frame.image)),
@@ -201,12 +203,8 @@ def stage_report_gt(report: HtmlReport, corpus: Path, frames_per_video: int = 4)
     report.text("Each row: the RGB frame, panoptic ground truth in Cityscapes colours with each "
                 "track's persistent ID, metric depth (near is bright), forward optical flow "
                 "(black where the point is occluded at t+1), and the independent-motion mask.")
-    for vid in src.videos():
-        n = src.num_frames(vid)
-        picks = set(np.linspace(0, n - 1, min(frames_per_video, n)).round().astype(int).tolist())
-        for frame in src.frames(vid):
-            if frame.frame_index in picks:
-                report.image_row(_frame_row(frame), width=300)
+    for frame in sampled_frames(src, frames_per_video):
+        report.image_row(_frame_row(frame), width=300)
 
 
 def run_demo(cfg: Config, run: Path, quick: bool = False) -> Path:

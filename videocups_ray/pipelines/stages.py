@@ -29,6 +29,8 @@ driver reproduces :func:`fit_centroids_from_samples` exactly when it merges in t
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import logging
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
@@ -59,7 +61,7 @@ _warned_last_depth = False
 
 
 # --------------------------------------------------------------------------- cue stages
-class _CueStage:
+class _CueStage(ABC):
     """One cue estimator built from its config section: a cheap constructor, the estimator built
     and set up in ``setup`` (or at the first call, on the configured device)."""
 
@@ -69,8 +71,9 @@ class _CueStage:
         self._est = None
 
     @staticmethod
+    @abstractmethod
     def _build(section: FlowConfig | DepthConfig | FeatureConfig) -> Estimator:
-        raise NotImplementedError
+        """The estimator for this stage's config section (``build_flow`` etc.)."""
 
     def setup(self, device: str | None = None) -> None:
         self._est = self._build(self.cfg)
