@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -136,16 +136,21 @@ def stage_report_model(report: HtmlReport, val: Path, preds: Path, model_scores:
                  [_score_rows("pseudo-labels (held-out sequence)", pseudo_scores),
                   _score_rows("model predictions (held-out sequence)", model_scores)],
                  caption="Model vs pseudo-labels")
-    pred = {(f.video_id, f.frame_index): f for f in load_label_dir(preds, "kitti-step")}
-    src = open_source(str(val))
-    for frame in sampled_frames(src, frames):
-        p = pred.get((frame.video_id, frame.frame_index))
+    comparison_rows(report, open_source(str(val)), load_label_dir(preds, "kitti-step"),
+                    "model prediction", frames)
+
+
+def comparison_rows(report: HtmlReport, gt_source, labels: Iterable[Frame], name: str,
+                    per_video: int) -> None:
+    """Rows of (frame, ground truth, ``labels``) for sampled frames of every video."""
+    by_key = {(f.video_id, f.frame_index): f for f in labels}
+    for frame in sampled_frames(gt_source, per_video):
+        p = by_key.get((frame.video_id, frame.frame_index))
         if p is not None:
             report.image_row([
-                (f"held-out {frame.video_id}/{frame.frame_index:06d}", frame.image),
+                (f"{frame.video_id}/{frame.frame_index:06d}", frame.image),
                 ("ground truth", colorize_panoptic(frame.semantic, frame.instance, image=frame.image)),
-                ("model prediction", colorize_panoptic(p.semantic, p.instance, palette="pseudo",
-                                                       image=frame.image)),
+                (name, colorize_panoptic(p.semantic, p.instance, palette="pseudo", image=frame.image)),
             ], width=360)
 
 
@@ -166,19 +171,10 @@ def stage_report_pseudo(report: HtmlReport, corpus: Path, shards: Path, scores: 
     if per_seq:
         report.table(["sequence", "STQ", "AQ", "SQ"],
                      [[k, v["STQ"], v["AQ"], v["SQ"]] for k, v in sorted(per_seq.items())])
-    src = open_source(str(corpus))
-    pseudo = {(f.video_id, f.frame_index): f for f in read_pseudolabels(shards)}
     report.text("Each row: frame, ground truth (Cityscapes colours, track IDs), pseudo-label "
                 "(pseudo-class colours, pseudo track IDs; black = ignore).")
-    for frame in sampled_frames(src, frames_per_video):
-        p = pseudo.get((frame.video_id, frame.frame_index))
-        if p is not None:
-            report.image_row([
-                (f"{frame.video_id}/{frame.frame_index:06d}", frame.image),
-                ("ground truth", colorize_panoptic(frame.semantic, frame.instance, image=frame.image)),
-                ("pseudo-label", colorize_panoptic(p.semantic, p.instance, palette="pseudo",
-                                                   image=frame.image)),
-            ], width=360)
+    comparison_rows(report, open_source(str(corpus)), read_pseudolabels(shards), "pseudo-label",
+                    frames_per_video)
 
 
 def _frame_row(frame: Frame) -> list[tuple[str, np.ndarray]]:
