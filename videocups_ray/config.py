@@ -141,6 +141,7 @@ class LabelingConfig(_Section):
     tau_f: float = Field(0.04, gt=0)  # relative flow difference to join
     min_pixels: int = Field(50, ge=1)  # smaller regions are discarded
     border_margin: int = Field(0, ge=0)  # px; motion seeds this close to the image edge are ignored
+    device: Literal["cpu", "cuda"] = "cpu"  # region growing: Numba on CPU, CuPy on the GPU (needs .[gpu])
     # semantics
     num_clusters: int = Field(27, ge=2)  # K of cosine k-means (pseudo-classes)
     kmeans_iters: int = Field(30, ge=1)  # mini-batch k-means passes

@@ -41,11 +41,27 @@ def propose_instances(depth: np.ndarray, flow: np.ndarray, motion_prob: np.ndarr
         motion[-m:] = 0
         motion[:, :m] = 0
         motion[:, -m:] = 0
-    labels = kernels.region_grow(
-        np.ascontiguousarray(depth, dtype=np.float32), np.ascontiguousarray(flow, dtype=np.float32),
-        np.ascontiguousarray(motion), alpha=cfg.alpha, radius=cfg.radius, tau_d=cfg.tau_d,
-        tau_f=cfg.tau_f, min_pixels=cfg.min_pixels)
-    return labels  # canonical already: 1..N in raster order, small regions removed
+    arrays = [np.ascontiguousarray(depth, dtype=np.float32), np.ascontiguousarray(flow, dtype=np.float32),
+              np.ascontiguousarray(motion)]
+    xp = _gpu_module(where) if cfg.device == "cuda" else None
+    if xp is not None:
+        arrays = [xp.asarray(a) for a in arrays]  # kernels dispatch on the array type
+    labels = kernels.region_grow(*arrays, alpha=cfg.alpha, radius=cfg.radius, tau_d=cfg.tau_d,
+                                 tau_f=cfg.tau_f, min_pixels=cfg.min_pixels)
+    # Canonical already (1..N in raster order, small regions removed) on either device, and the
+    # CuPy kernel agrees with Numba bit for bit, so the device never changes the labels.
+    return xp.asnumpy(labels) if xp is not None else labels
+
+
+def _gpu_module(where: str):
+    """CuPy for ``labeling.device = "cuda"``; a missing GPU is an error, never a silent CPU run."""
+    try:
+        import cupy
+    except ImportError as exc:
+        raise RuntimeError(f"{where}: labeling.device='cuda' needs CuPy (pip install '.[gpu]')") from exc
+    if not cupy.cuda.is_available():
+        raise RuntimeError(f"{where}: labeling.device='cuda' but no CUDA GPU is visible")
+    return cupy
 
 
 def _growth_flow(cues: FrameCues) -> np.ndarray:
