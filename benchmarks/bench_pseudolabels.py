@@ -36,7 +36,7 @@ import numpy as np
 
 from videocups_ray.config import Config, load_config, with_overrides
 from videocups_ray.data.encodings import write_png
-from videocups_ray.data.sources import open_source
+from videocups_ray.data.formats import open_source
 from videocups_ray.pipelines.pseudolabel import (
     MemorySource,
     evaluate_pseudolabels,

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from videocups_ray.config import ShardConfig
 from videocups_ray.data.shards import ShardWriter, read_shards, shard_files
-from videocups_ray.data.sources import open_source
+from videocups_ray.data.formats import open_source
 from videocups_ray.data.types import Frame
 
 KITTI_SAMPLE = Path("/work/shared/data/kitti_step_0001")

@@ -10,11 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from videocups_ray.data.cityscapes_vps import (
-    CityscapesVpsPredictions,
-    CityscapesVpsSource,
-    write_cityscapes_vps_prediction,
-)
+from videocups_ray.data.cityscapes_vps import CityscapesVpsSource
 from videocups_ray.data.encodings import (
     encode_cityscapes_panoptic,
     encode_kitti_depth,
@@ -22,8 +18,14 @@ from videocups_ray.data.encodings import (
     encode_kitti_panoptic,
     write_png,
 )
-from videocups_ray.data.kitti_step import KittiStepPredictions, KittiStepSource, write_kitti_step_prediction
-from videocups_ray.data.sources import FORMATS, detect_format, open_source
+from videocups_ray.data.kitti_step import KittiStepSource
+from videocups_ray.data.predictions import (
+    CityscapesVpsPredictions,
+    KittiStepPredictions,
+    write_cityscapes_vps_prediction,
+    write_kitti_step_prediction,
+)
+from videocups_ray.data.formats import FORMATS, detect_format, open_source
 from videocups_ray.data.types import DataError, UnknownFormatError
 from videocups_ray.data.video import ImageFolderSource, VideoFileSource
 
@@ -122,9 +124,9 @@ def test_kitti_step_prediction_round_trip(tmp_path):
         written["seq_a", i] = (sem, inst)
     preds = KittiStepPredictions(tmp_path)
     assert preds.videos() == ["seq_a"] and preds.frame_indices("seq_a") == [0, 1, 2]
-    for vid, idx, sem, inst in preds:
-        np.testing.assert_array_equal(sem, written[vid, idx][0])
-        np.testing.assert_array_equal(inst, written[vid, idx][1])
+    for f in preds:
+        np.testing.assert_array_equal(f.semantic, written[f.video_id, f.frame_index][0])
+        np.testing.assert_array_equal(f.instance, written[f.video_id, f.frame_index][1])
     assert not list(tmp_path.rglob("*.tmp*"))
     with pytest.raises(DataError, match="seq_a.*frame 9"):
         write_kitti_step_prediction(tmp_path, "seq_a", 9, sem, inst + 70000)
@@ -172,9 +174,9 @@ def test_cityscapes_vps_prediction_round_trip(tmp_path):
     write_cityscapes_vps_prediction(tmp_path, "0005", 25, sem, inst)
     preds = CityscapesVpsPredictions(tmp_path)
     assert preds.frame_indices("0005") == [25]
-    got_sem, got_inst = preds.read("0005", 25)
-    np.testing.assert_array_equal(got_sem, sem)
-    np.testing.assert_array_equal(got_inst, inst)
+    (got,) = preds.frames("0005")
+    np.testing.assert_array_equal(got.semantic, sem)
+    np.testing.assert_array_equal(got.instance, inst)
     with pytest.raises(DataError, match="0005.*frame 26.*999"):
         write_cityscapes_vps_prediction(tmp_path, "0005", 26, sem, inst + 1000)
 

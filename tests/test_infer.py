@@ -36,7 +36,7 @@ def setup(tmp_path_factory):
 
 
 def _frames(data, video=None):
-    from videocups_ray.data.sources import open_source
+    from videocups_ray.data.formats import open_source
 
     src = open_source(data)
     return list(src.frames(video or src.videos()[0]))

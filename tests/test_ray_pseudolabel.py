@@ -15,7 +15,7 @@ import pytest
 from videocups_ray.actors.base import FailurePlan
 from videocups_ray.config import Config, with_overrides
 from videocups_ray.data.shards import read_manifest, read_shards
-from videocups_ray.data.sources import open_source
+from videocups_ray.data.formats import open_source
 from videocups_ray.data.synthdrive import write_synth_dataset
 from videocups_ray.labeling import load_centroids
 from videocups_ray.pipelines.pseudolabel import pseudolabel_meta, run_local

@@ -20,7 +20,7 @@ from videocups_ray.data.shards import (
     shard_files,
     verify_shards,
 )
-from videocups_ray.data.sources import open_source
+from videocups_ray.data.formats import open_source
 from videocups_ray.data.types import DataError, Frame
 
 H, W = 20, 32

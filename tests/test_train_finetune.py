@@ -8,7 +8,7 @@ import torch
 
 from videocups_ray.config import Config, ModelConfig, with_overrides
 from videocups_ray.data.shards import read_shards
-from videocups_ray.data.sources import open_source
+from videocups_ray.data.formats import open_source
 from videocups_ray.data.types import DataError
 from videocups_ray.model import ClassMeta, build_model, load_checkpoint, save_checkpoint
 from videocups_ray.pipelines.pseudolabel import synth_source

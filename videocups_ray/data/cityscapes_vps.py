@@ -40,10 +40,8 @@ from videocups_ray.data.encodings import (
     CITYSCAPES_DIVISOR,
     decode_cityscapes_panoptic,
     decode_kitti_depth,
-    encode_cityscapes_panoptic,
     read_image,
 )
-from videocups_ray.data.predictions import PanopticPredictions, panoptic_prediction_path, write_panoptic_prediction
 from videocups_ray.data.sources import VideoListSource, read_png_matching
 from videocups_ray.data.types import DataError, Frame
 
@@ -173,27 +171,3 @@ class CityscapesVpsSource(VideoListSource):
             png = read_png_matching(item.depth, frame.image.shape, item.image)
             frame.depth = decode_kitti_depth(png, str(item.depth))
         return frame
-
-
-# --------------------------------------------------------------------------- predictions
-def cityscapes_vps_prediction_path(out_dir: str | os.PathLike, video_id: str, frame_index: int) -> Path:
-    """``out_dir/panoptic/<video>/<frame:06d>.png``: the KITTI-STEP folder layout (so one
-    evaluator reads both), told apart by the encoding (16-bit single channel here)."""
-    return panoptic_prediction_path(out_dir, video_id, frame_index)
-
-
-def write_cityscapes_vps_prediction(out_dir: str | os.PathLike, video_id: str, frame_index: int,
-                                    semantic: np.ndarray, instance: np.ndarray) -> Path:
-    """``out_dir/panoptic/<video>/<frame:06d>.png``, 16-bit Cityscapes-VPS panoptic encoding.
-
-    Written atomically. Instance IDs must lie in [0, 999] (the encoding's limit): a tracker that
-    gives more IDs per video must renumber them before writing.
-    """
-    return write_panoptic_prediction(out_dir, video_id, frame_index, semantic, instance,
-                                     encode_cityscapes_panoptic)
-
-
-class CityscapesVpsPredictions(PanopticPredictions):
-    """Reads a folder written by :func:`write_cityscapes_vps_prediction`."""
-
-    decode = staticmethod(decode_cityscapes_panoptic)

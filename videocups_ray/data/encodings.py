@@ -20,6 +20,7 @@ _PNG_END = b"IEND\xaeB`\x82"
 FLOW_SCALE = 64.0  # KITTI flow: value = u * 64 + 2**15
 DEPTH_SCALE = 256.0  # KITTI depth: value = metres * 256, 0 = invalid
 CITYSCAPES_DIVISOR = 1000  # Cityscapes-VPS: trainId * 1000 + instance
+DVPS_VOID_CLASS = 32  # Cityscapes-DVPS writes void as class 32 (32000); ViP-DeepLab's eval_dvpq ign_id
 
 
 # --------------------------------------------------------------------------- raw PNG I/O
@@ -186,6 +187,7 @@ def encode_cityscapes_panoptic(semantic: np.ndarray, instance: np.ndarray) -> np
 def decode_cityscapes_panoptic(png: np.ndarray, what: str = "panoptic") -> tuple[np.ndarray, np.ndarray]:
     """(semantic uint8, instance int32): ``v // 1000, v % 1000``, and a value below 1000 is a
     bare class ID with no instance (Cityscapes / VPS convention for void 255 and crowd regions).
+    Class 32 is Cityscapes-DVPS's void (``32000``): read as the ignore class 255, no instance.
     """
     if png.ndim != 2 or png.dtype not in (np.uint16, np.uint8):
         raise DataError(f"{what}: Cityscapes-VPS panoptic must be single-channel 16-bit, got {png.dtype} {png.shape}")
@@ -193,4 +195,32 @@ def decode_cityscapes_panoptic(png: np.ndarray, what: str = "panoptic") -> tuple
     bare = v < CITYSCAPES_DIVISOR
     semantic = np.where(bare, v, v // CITYSCAPES_DIVISOR).astype(np.uint8)
     instance = np.where(bare, 0, v % CITYSCAPES_DIVISOR).astype(np.int32)
+    void = semantic == DVPS_VOID_CLASS
+    if void.any():
+        semantic[void] = 255
+        instance[void] = 0
     return semantic, instance
+
+
+# --------------------------------------------------------------------------- ViP-DeepLab
+def encode_vip_deeplab_panoptic(semantic: np.ndarray, instance: np.ndarray) -> np.ndarray:
+    """ViP-DeepLab's prediction PNG: HxWx3 uint8 with R = class, G = instance, B = 0 (what
+    ``cityscapes-dvps/eval_dvpq.py`` reads as ``R * 1000 + G``)."""
+    semantic = np.asarray(semantic)
+    instance = np.asarray(instance)
+    if semantic.shape != instance.shape:
+        raise ValueError(f"semantic {semantic.shape} and instance {instance.shape} differ")
+    if instance.min(initial=0) < 0 or instance.max(initial=0) > 255:
+        raise ValueError("ViP-DeepLab instance IDs must lie in [0, 255] (the G channel)")
+    if semantic.min(initial=0) < 0 or semantic.max(initial=0) > 255:
+        raise ValueError("ViP-DeepLab semantic IDs must lie in [0, 255] (the R channel)")
+    return np.stack([semantic.astype(np.uint8), instance.astype(np.uint8),
+                     np.zeros(semantic.shape, np.uint8)], axis=-1)
+
+
+def decode_vip_deeplab_panoptic(rgb: np.ndarray, what: str = "panoptic") -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of :func:`encode_vip_deeplab_panoptic`: (semantic uint8, instance int32); B is
+    ignored, as ``eval_dvpq`` ignores it."""
+    if rgb.ndim != 3 or rgb.shape[2] not in (3, 4) or rgb.dtype != np.uint8:
+        raise DataError(f"{what}: ViP-DeepLab panoptic must be 8-bit RGB, got {rgb.dtype} {rgb.shape}")
+    return rgb[..., 0].copy(), rgb[..., 1].astype(np.int32)

@@ -1,4 +1,5 @@
-"""KITTI-STEP layout: reader (with SynthDrive's extra ground truth) and prediction writer.
+"""KITTI-STEP layout reader (with SynthDrive's extra ground truth); predictions in this
+encoding are written and read by :mod:`videocups_ray.data.predictions`.
 
 Accepted layouts (``<f>`` = six-digit frame number, ``<seq>`` = sequence folder):
 
@@ -30,11 +31,9 @@ from videocups_ray.data.encodings import (
     decode_kitti_depth,
     decode_kitti_flow,
     decode_kitti_panoptic,
-    encode_kitti_panoptic,
     read_image,
     read_png,
 )
-from videocups_ray.data.predictions import PanopticPredictions, panoptic_prediction_path, write_panoptic_prediction
 from videocups_ray.data.sources import FrameSource, check_same_size, read_png_matching
 from videocups_ray.data.types import DataError, Frame
 
@@ -194,25 +193,3 @@ class KittiStepSource(FrameSource):
         if seq.poses is not None:
             frame.extra["pose"] = seq.poses[pos].copy()
         return frame
-
-
-# --------------------------------------------------------------------------- predictions
-def kitti_step_prediction_path(out_dir: str | os.PathLike, video_id: str, frame_index: int) -> Path:
-    return panoptic_prediction_path(out_dir, video_id, frame_index)
-
-
-def write_kitti_step_prediction(out_dir: str | os.PathLike, video_id: str, frame_index: int,
-                                semantic: np.ndarray, instance: np.ndarray) -> Path:
-    """Write ``out_dir/panoptic/<video_id>/<frame:06d>.png`` atomically; returns the path.
-
-    Semantic IDs must fit in 8 bit and instance (track) IDs in 16 bit, as the format demands.
-    """
-    return write_panoptic_prediction(out_dir, video_id, frame_index, semantic, instance, encode_kitti_panoptic)
-
-
-class KittiStepPredictions(PanopticPredictions):
-    """Reads a folder written by :func:`write_kitti_step_prediction` (or KITTI-STEP ground truth):
-    (semantic uint8, instance int32) per frame."""
-
-    decode = staticmethod(decode_kitti_panoptic)
-    _frame_number = staticmethod(_frame_number)

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from videocups_ray.data.encodings import read_image
-from videocups_ray.data.sources import IMAGE_EXTENSIONS, LIST_EXTENSIONS, FrameSource, VideoListSource
+from videocups_ray.data.sources import IMAGE_EXTENSIONS, LIST_EXTENSIONS, VIDEO_EXTENSIONS, FrameSource, VideoListSource
 from videocups_ray.data.types import DataError, Frame
 
 
@@ -83,6 +83,92 @@ class VideoFileSource(FrameSource):
             cap.release()
 
 
+# --------------------------------------------------------------------------- list files
+# File signatures: what an entry *is*, whatever its name says.
+_IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM", b"II*\x00", b"MM\x00*")
+
+
+def entry_kind(path: Path) -> str:
+    """``"image"`` or ``"video"`` by the file's first bytes (PNG/JPEG/BMP/TIFF/WebP are images;
+    MP4/MOV ``ftyp``, AVI, Matroska/WebM and MPEG streams are videos), falling back to the
+    extension. DataError when neither tells."""
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    if head.startswith(_IMAGE_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
+        return "image"
+    if (head[4:8] == b"ftyp" or (head[:4] == b"RIFF" and head[8:12] == b"AVI ")
+            or head.startswith(b"\x1a\x45\xdf\xa3") or head.startswith((b"\x00\x00\x01\xba", b"\x00\x00\x01\xb3"))):
+        return "video"
+    suffix = path.suffix.lower()
+    if suffix in IMAGE_EXTENSIONS:
+        return "image"
+    if suffix in VIDEO_EXTENSIONS:
+        return "video"
+    raise DataError(f"{path}: neither an image nor a video (unknown file signature {head[:8]!r})")
+
+
+def read_list(path: Path) -> list[Path]:
+    """The paths of a list file (one a line, ``#`` comments, relative to the list's folder)."""
+    files = []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        p = Path(line) if Path(line).is_absolute() else path.parent / line
+        if not p.is_file():
+            raise DataError(f"{path}:{lineno}: listed file {p} not found")
+        files.append(p)
+    if not files:
+        raise DataError(f"{path}: list file is empty")
+    return files
+
+
+class VideoFilesSource(FrameSource):
+    """Several video files, one video each (IDs are the file stems; clashing stems are an error)."""
+
+    has_labels = False
+
+    def __init__(self, paths: list[Path], origin: str = ""):
+        self.origin = origin
+        self._sources: dict[str, VideoFileSource] = {}
+        for p in paths:
+            src = VideoFileSource(p)
+            if src.video_id in self._sources:
+                raise DataError(f"{p}: video ID {src.video_id!r} also used by {self._sources[src.video_id].path}")
+            self._sources[src.video_id] = src
+
+    def __repr__(self) -> str:
+        return f"VideoFilesSource({self.origin!r})"
+
+    def videos(self) -> list[str]:
+        return sorted(self._sources)
+
+    def num_frames(self, video_id: str) -> int:
+        self._check_video(video_id, self._sources)
+        return self._sources[video_id].num_frames(video_id)
+
+    def frames(self, video_id: str, start: int = 0, stop: int | None = None) -> Iterator[Frame]:
+        self._check_video(video_id, self._sources)
+        return self._sources[video_id].frames(video_id, start, stop)
+
+
+def open_image_or_list(spec: str | os.PathLike) -> FrameSource:
+    """An image folder, glob or image, or a list file whose entries are typed by content: all
+    images (an :class:`ImageFolderSource`) or all videos (a :class:`VideoFilesSource`)."""
+    path = Path(os.fspath(spec))
+    if path.is_file() and path.suffix.lower() in LIST_EXTENSIONS:
+        files = read_list(path)
+        kinds = {f: entry_kind(f) for f in files}
+        if set(kinds.values()) == {"video"}:
+            return VideoFilesSource(files, str(path))
+        if "video" in kinds.values():
+            video = next(f for f, k in kinds.items() if k == "video")
+            image = next(f for f, k in kinds.items() if k == "image")
+            raise DataError(f"{path}: mixes videos ({video}) and images ({image}); list one kind per file")
+        return ImageFolderSource(ImageFolderSource._group(files), str(path))
+    return ImageFolderSource.from_spec(spec)
+
+
 class ImageFolderSource(VideoListSource):
     """Image files grouped into videos by their folder, frames sorted by file name."""
 
@@ -111,7 +197,12 @@ class ImageFolderSource(VideoListSource):
                 raise DataError(f"{path}: folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
             return cls({path.name: sorted(files, key=lambda p: p.name)}, spec)
         if path.is_file() and path.suffix.lower() in LIST_EXTENSIONS:
-            return cls(cls._group(cls._read_list(path)), spec)
+            files = read_list(path)
+            videos = [f for f in files if entry_kind(f) == "video"]
+            if videos:
+                raise DataError(f"{path}: lists video file {videos[0]}; open it with open_image_or_list "
+                                "(a list holds either images or videos)")
+            return cls(cls._group(files), spec)
         if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
             return cls({path.stem: [path]}, spec)
         if globlib.has_magic(spec):
@@ -121,21 +212,6 @@ class ImageFolderSource(VideoListSource):
                 raise DataError(f"{spec}: glob matches no image files")
             return cls(cls._group(files), spec)
         raise DataError(f"{spec}: not an image folder, image list or glob (or it does not exist)")
-
-    @staticmethod
-    def _read_list(path: Path) -> list[Path]:
-        files = []
-        for lineno, line in enumerate(path.read_text().splitlines(), 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            p = Path(line) if Path(line).is_absolute() else path.parent / line
-            if not p.is_file():
-                raise DataError(f"{path}:{lineno}: listed image {p} not found")
-            files.append(p)
-        if not files:
-            raise DataError(f"{path}: image list is empty")
-        return files
 
     @staticmethod
     def _group(files: list[Path]) -> dict[str, list[Path]]:

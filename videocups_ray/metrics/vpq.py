@@ -17,6 +17,26 @@ segment.
 Memory: a sequence keeps only the (gt segment, predicted segment) pair-count tables of its
 last max(window) frames (a few hundred numbers each); a window is the sum of its frames' tables.
 All results are fractions in [0, 1] (the reference prints percentages).
+
+``protocol="vip-deeplab"`` computes VPQ as ViP-DeepLab's ``cityscapes-dvps/eval_dvpq.py``
+does (windows of k frames stacked side by side, which is the same as summing their pair
+tables), and differs from the default ``"vps"`` protocol in exactly three ways:
+
+1. no crowd: a ground-truth thing with instance 0 is an ordinary segment (matched, or a
+   false negative), not an ignored crowd region;
+2. every segment is a full panoptic ID: stuff instance IDs are kept, not dropped;
+3. an unmatched prediction is excused (no FP) only when more than half of it lies on void
+   (not on void plus crowd).
+
+Classes are averaged over those with any TP, FP or FN in both protocols (deeplab2's
+``VideoPanopticQuality``, which ViP-DeepLab's script reimplements, excludes the others;
+the script itself divides 0 by 0 there). A predicted pixel of the ignore class is no
+segment in both (deeplab2 skips the ignored category).
+
+DVPQ (:mod:`videocups_ray.metrics.dvpq`) passes ``reject``: predicted pixels whose depth is
+too far off are moved to a segment of their own that matches nothing and is never a false
+positive (``eval_dvpq`` relabels them to class 19, then drops class 19's counts), so they
+still count in the ground-truth segment's area.
 """
 
 from __future__ import annotations
@@ -38,6 +58,8 @@ from videocups_ray.metrics._counting import (
 )
 
 _VOID = -1  # segment ID of ground-truth void / predicted ignore pixels
+_REJECT = -2  # segment ID of predicted pixels rejected by DVPQ's depth test
+PROTOCOLS = ("vps", "vip-deeplab")
 _MATCH_IOU = 0.5  # a tube pair matches at IoU strictly above this
 _IGNORED_FP_FRACTION = 0.5  # an unmatched prediction more than this on void+crowd is no FP
 
@@ -59,8 +81,12 @@ class VPQ:
     """Streaming VPQ over frames given in temporal order per sequence (sequences may interleave)."""
 
     def __init__(self, num_classes: int, things: Iterable[int], ignore_label: int = 255,
-                 label_divisor: int = 65536, window_sizes: Iterable[int] = (1, 2, 3, 4)):
+                 label_divisor: int = 65536, window_sizes: Iterable[int] = (1, 2, 3, 4),
+                 protocol: str = "vps"):
         window_sizes = tuple(int(n) for n in window_sizes)
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+        self.protocol = protocol
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         if label_divisor < 2:
@@ -92,14 +118,17 @@ class VPQ:
         is_thing = np.zeros(classes.size, bool)
         real = classes < self.num_classes
         is_thing[real] = self._is_thing[classes[real]]
-        instance = np.where(is_thing[class_index], instance, 0)
+        if self.protocol == "vps":  # stuff is one segment per class; ViP-DeepLab keeps the IDs
+            instance = np.where(is_thing[class_index], instance, 0)
         seg_ids, seg_index = compact_panoptic(classes, class_index, instance, self.label_divisor)
         seg_ids[seg_ids // self.label_divisor == self.ignore_label] = _VOID
         return seg_ids, seg_index
 
     def update(self, gt_panoptic: np.ndarray, pred_panoptic: np.ndarray, sequence_id: Hashable = 0,
-               *, frame_index: int | None = None) -> None:
-        """Add the next frame of ``sequence_id``. With ``frame_index`` the order is checked."""
+               *, frame_index: int | None = None, reject: np.ndarray | None = None) -> None:
+        """Add the next frame of ``sequence_id``. With ``frame_index`` the order is checked.
+        ``reject`` (bool HxW, DVPQ) marks predicted pixels that belong to no segment but still
+        count in the ground truth's areas."""
         n_seen = self._frames_seen.get(sequence_id, 0)
         where = f"sequence {sequence_id!r} frame {frame_index if frame_index is not None else f'#{n_seen}'}"
         if frame_index is not None:
@@ -107,8 +136,14 @@ class VPQ:
             if last is not None and frame_index <= last:
                 raise DataError(f"{where}: frames must arrive in temporal order (previous frame {last})")
         gt, pred = check_label_pair(gt_panoptic, pred_panoptic, where)
-        table = pair_counts_compacted(*self._segments(gt, "ground truth", where),
-                                      *self._segments(pred, "prediction", where))
+        pred_ids, pred_index = self._segments(pred, "prediction", where)
+        if reject is not None:
+            reject = np.asarray(reject, bool).reshape(-1)
+            if reject.size != pred.size:
+                raise DataError(f"{where}: reject mask has {reject.size} pixels, the label map {pred.size}")
+            pred_ids = np.append(pred_ids, _REJECT)
+            pred_index = np.where(reject, pred_ids.size - 1, pred_index)
+        table = pair_counts_compacted(*self._segments(gt, "ground truth", where), pred_ids, pred_index)
         history = self._history.setdefault(sequence_id, deque(maxlen=max(self.window_sizes)))
         history.append(table)
         self._frames_seen[sequence_id] = n_seen + 1
@@ -131,12 +166,14 @@ class VPQ:
         pred_area = np.bincount(p_inv, weights=inter, minlength=pred_ids.size)
         void_of_pred = np.bincount(p_inv, weights=np.where(g == _VOID, inter, 0), minlength=pred_ids.size)
 
-        gt_class = np.where(gt_ids == _VOID, -1, gt_ids // div)
-        pred_class = np.where(pred_ids == _VOID, -1, pred_ids // div)
+        gt_class = np.where(gt_ids < 0, -1, gt_ids // div)
+        pred_class = np.where(pred_ids < 0, -1, pred_ids // div)
         gt_is_crowd = (gt_ids != _VOID) & self._is_thing[np.maximum(gt_class, 0)] & (gt_ids % div == 0)
+        if self.protocol == "vip-deeplab":  # no crowd regions
+            gt_is_crowd[:] = False
 
         # Candidate pairs: both real segments, same category, ground truth not crowd.
-        cand = (g != _VOID) & (p != _VOID)
+        cand = (g != _VOID) & (p >= 0)
         cand &= gt_class[g_inv] == pred_class[p_inv]
         cand &= ~gt_is_crowd[g_inv]
         gi, pi, ci = g_inv[cand], p_inv[cand], inter[cand].astype(np.float64)
@@ -157,7 +194,7 @@ class VPQ:
         # Overlap of each prediction with the crowd region of its own category.
         crowd_of_own_class = (g != _VOID) & gt_is_crowd[g_inv] & (gt_class[g_inv] == pred_class[p_inv])
         crowd_of_pred = np.bincount(p_inv, weights=np.where(crowd_of_own_class, inter, 0), minlength=pred_ids.size)
-        unmatched = (pred_ids != _VOID) & ~pred_matched
+        unmatched = (pred_ids >= 0) & ~pred_matched
         ignorable = (void_of_pred + crowd_of_pred) / np.maximum(pred_area, 1) > _IGNORED_FP_FRACTION
         fp = unmatched & ~ignorable
         np.add.at(stats.fp, pred_class[fp], 1)

@@ -65,7 +65,7 @@ def stage_synth(cfg: Config, run: Path, name: str = "synth") -> Path:
 
 def stage_gt_shards(cfg: Config, corpus: Path, run: Path) -> Path:
     from videocups_ray.data.shards import frames_to_shards
-    from videocups_ray.data.sources import open_source
+    from videocups_ray.data.formats import open_source
 
     out = run / "shards_gt"
     frames_to_shards(open_source(str(corpus)), str(out), cfg.shards,
@@ -103,7 +103,7 @@ def stage_eval_model(cfg: Config, corpus: Path, preds: Path) -> dict:
 
 
 def stage_eval_pseudo(cfg: Config, corpus: Path, shards: Path) -> dict:
-    from videocups_ray.data.sources import open_source
+    from videocups_ray.data.formats import open_source
     from videocups_ray.pipelines.pseudolabel import evaluate_pseudolabels
 
     return evaluate_pseudolabels(shards, open_source(str(corpus)), cfg.eval)
@@ -123,7 +123,7 @@ def _score_rows(name: str, r: dict) -> list:
 
 def stage_report_model(report: HtmlReport, val: Path, preds: Path, model_scores: dict,
                        pseudo_scores: dict, train_summary: dict, frames: int = 4) -> None:
-    from videocups_ray.data.sources import open_source
+    from videocups_ray.data.formats import open_source
     from videocups_ray.pipelines.evaluate import load_label_dir
 
     report.heading("VPS model trained on the pseudo-labels, on a held-out sequence")
@@ -156,7 +156,7 @@ def comparison_rows(report: HtmlReport, gt_source, labels: Iterable[Frame], name
 
 def stage_report_pseudo(report: HtmlReport, corpus: Path, shards: Path, scores: dict,
                         summary: dict, frames_per_video: int = 4) -> None:
-    from videocups_ray.data.sources import open_source
+    from videocups_ray.data.formats import open_source
     from videocups_ray.pipelines.pseudolabel import read_pseudolabels
 
     report.heading("Pseudo-labels (no human label used)")
@@ -192,7 +192,7 @@ def _frame_row(frame: Frame) -> list[tuple[str, np.ndarray]]:
 
 
 def stage_report_gt(report: HtmlReport, corpus: Path, frames_per_video: int = 4) -> None:
-    from videocups_ray.data.sources import open_source
+    from videocups_ray.data.formats import open_source
 
     src = open_source(str(corpus))
     report.heading("SynthDrive ground truth")

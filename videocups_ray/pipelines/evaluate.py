@@ -299,7 +299,7 @@ def evaluate_paths(gt: str | Path, pred: str | Path, *, fmt: LabelFormat, cfg: E
     when the folder is a full dataset (images + labels); a labels-only folder and the
     predictions are read with :func:`load_label_dir`.
     """
-    from videocups_ray.data.sources import open_source
+    from videocups_ray.data.formats import open_source
     from videocups_ray.pipelines.pseudolabel import is_shard_dir, read_pseudolabels
 
     if is_shard_dir(pred):  # pseudo-label shards: the manifest's thing/stuff split is applied

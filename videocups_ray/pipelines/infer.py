@@ -27,8 +27,7 @@ import numpy as np
 import torch
 
 from videocups_ray.config import Config, ModelConfig
-from videocups_ray.data.cityscapes_vps import write_cityscapes_vps_prediction
-from videocups_ray.data.kitti_step import write_kitti_step_prediction
+from videocups_ray.data.predictions import write_cityscapes_vps_prediction, write_kitti_step_prediction
 from videocups_ray.data.sources import FrameSource
 from videocups_ray.data.types import DataError, Frame, UnknownFormatError
 from videocups_ray.model import ClassMeta, PanopticFrame, VideoTrackMemory, load_checkpoint, panoptic_fusion

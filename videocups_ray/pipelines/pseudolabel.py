@@ -39,7 +39,8 @@ import numpy as np
 from videocups_ray import __version__
 from videocups_ray.config import Config, EvalConfig, SynthConfig
 from videocups_ray.data.shards import ShardWriter, read_manifest, read_shards
-from videocups_ray.data.sources import FrameSource, VideoListSource, open_source
+from videocups_ray.data.formats import open_source
+from videocups_ray.data.sources import FrameSource, VideoListSource
 from videocups_ray.data.types import DataError, Frame
 from videocups_ray.labeling import FrameCues, ThingStuffStats, apply_thing_stuff, load_centroids, merge_thing_stuff, save_centroids
 from videocups_ray.pipelines.stages import (

@@ -301,7 +301,7 @@ def open_stream(source: str | int, *, idle_timeout_s: float = 5.0) -> Iterator[F
     if path.is_dir():
         return _watch_folder(path, path.name or "stream", idle_timeout_s)
     if path.is_file():
-        from videocups_ray.data.sources import open_source
+        from videocups_ray.data.formats import open_source
 
         return iter(open_source(str(path)))
     raise DataError(f"stream source {source!r}: not a camera index, a video file or a folder")

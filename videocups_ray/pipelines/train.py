@@ -31,7 +31,8 @@ import torch
 from videocups_ray import __version__
 from videocups_ray.config import Config, with_overrides
 from videocups_ray.data.shards import ShardWriter
-from videocups_ray.data.sources import FrameSource, open_source
+from videocups_ray.data.formats import open_source
+from videocups_ray.data.sources import FrameSource
 from videocups_ray.data.types import DataError
 from videocups_ray.model import ClassMeta
 from videocups_ray.pipelines.ray_runtime import ray_session
