@@ -128,7 +128,7 @@ def _detect_video(spec: str) -> bool:
 def _detect_images(spec: str) -> bool:
     path = Path(spec)
     if path.is_dir():
-        return True
+        return any(p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS for p in path.iterdir())
     if path.is_file():
         return path.suffix.lower() in LIST_EXTENSIONS or path.suffix.lower() in IMAGE_EXTENSIONS
     return globlib.has_magic(spec)
