@@ -54,9 +54,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.things is not None:
         things = [int(t) for t in args.things.split(",") if t.strip()]
         extra.append(f"eval.things={things}")
+    if args.protocol:
+        extra.append(f"eval.protocol={args.protocol}")
     cfg = _config(args, extra)
-    result = evaluate_paths(args.gt, args.pred, fmt=args.format, cfg=cfg.eval,
-                            unsupervised=args.unsupervised)
+    result = evaluate_paths(args.gt, args.pred, fmt=args.format, gt_format=args.gt_format,
+                            pred_format=args.pred_format, cfg=cfg.eval, unsupervised=args.unsupervised)
     print(format_report(result))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -196,7 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="model.pt of a training run")
     p.add_argument("--input", required=True, help="videos, folders or a dataset (as for pseudolabel)")
     p.add_argument("--out", required=True, help="prediction folder (panoptic/<video>/<frame>.png)")
-    p.add_argument("--format", default="kitti-step", choices=["kitti-step", "cityscapes-vps"])
+    from videocups_ray.data.formats import FORMATS  # light: no reader is imported here
+
+    p.add_argument("--format", choices=list(FORMATS), help="format of --gt and --pred (default: detect each)")
+    p.add_argument("--gt-format", choices=list(FORMATS), help="format of --gt (overrides --format)")
+    p.add_argument("--pred-format", choices=list(FORMATS), help="format of --pred (overrides --format)")
+    p.add_argument("--protocol", choices=["vps", "vip-deeplab"],
+                   help="VPQ protocol: mcahny/vps eval_vpq (default) or ViP-DeepLab eval_dvpq")
     p.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="ray: a Ray Data job over the corpus with an actor pool")
     p.add_argument("--overlay", action="store_true", help="also write an overlay video per input video")
@@ -207,7 +215,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="score predictions against ground truth (STQ, VPQ)")
     p.add_argument("--gt", required=True, help="ground-truth folder")
     p.add_argument("--pred", required=True, help="prediction folder (label PNGs) or shard folder")
-    p.add_argument("--format", default="kitti-step", choices=["kitti-step", "cityscapes-vps"])
+    from videocups_ray.data.formats import FORMATS  # light: no reader is imported here
+
+    p.add_argument("--format", choices=list(FORMATS), help="format of --gt and --pred (default: detect each)")
+    p.add_argument("--gt-format", choices=list(FORMATS), help="format of --gt (overrides --format)")
+    p.add_argument("--pred-format", choices=list(FORMATS), help="format of --pred (overrides --format)")
+    p.add_argument("--protocol", choices=["vps", "vip-deeplab"],
+                   help="VPQ protocol: mcahny/vps eval_vpq (default) or ViP-DeepLab eval_dvpq")
     p.add_argument("--unsupervised", action="store_true",
                    help="map pseudo-classes to GT classes by Hungarian matching first")
     p.add_argument("--things", help="comma-separated thing class IDs (default from config)")

@@ -175,6 +175,12 @@ class EvalConfig(_Section):
     ignore_label: int = Field(255, ge=0)
     label_divisor: int = Field(65536, ge=2)  # panoptic id = semantic * divisor + instance
     window_sizes: tuple[int, ...] = (1, 2, 3, 4)  # VPQ windows, frames
+    # VPQ protocol: "vps" = mcahny/vps eval_vpq (crowd ignored, stuff = one segment per class);
+    # "vip-deeplab" = ViP-DeepLab eval_dvpq (no crowd, every panoptic ID a segment).
+    protocol: Literal["vps", "vip-deeplab"] = "vps"
+    # DVPQ depth thresholds (absolute relative error); DVPQ is computed whenever both the ground
+    # truth and the prediction carry depth. ViP-DeepLab's values.
+    depth_thresholds: tuple[float, ...] = (0.5, 0.25, 0.1)
 
 
 # --------------------------------------------------------------------------- ray

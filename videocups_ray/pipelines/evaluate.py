@@ -16,27 +16,21 @@ for the second pass.
 from __future__ import annotations
 
 import logging
-import re
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from videocups_ray.config import EvalConfig
-from videocups_ray.data.encodings import (
-    decode_cityscapes_panoptic,
-    decode_kitti_panoptic,
-    read_png,
-)
-from videocups_ray.data.types import DataError, Frame, UnknownFormatError
-from videocups_ray.metrics import STQ, VPQ, UnsupervisedMatcher
+from videocups_ray.data.types import DataError, Frame
+from videocups_ray.metrics import DVPQ, STQ, VPQ, UnsupervisedMatcher
 
 log = logging.getLogger(__name__)
 
 FrameSource = Iterable[Frame] | Callable[[], Iterable[Frame]]
-LabelFormat = Literal["kitti-step", "cityscapes-vps"]
+LabelFormat = str  # a name of videocups_ray.data.formats.FORMATS
 
 CITYSCAPES_CLASS_NAMES = (
     "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
@@ -106,6 +100,18 @@ def _panoptic(frame: Frame, label_divisor: int, what: str) -> np.ndarray:
     return frame.panoptic(label_divisor)
 
 
+def _check_supervised_classes(frame: Frame, cfg: EvalConfig) -> None:
+    """Without the matching, predicted classes must be ground-truth classes; pseudo-classes
+    (e.g. pseudo-label shards, K = 27) are the common reason they are not."""
+    sem = frame.semantic
+    bad = (sem >= cfg.num_classes) & (sem != cfg.ignore_label)
+    if bad.any():
+        raise DataError(f"prediction video {frame.video_id!r} frame {frame.frame_index}: class "
+                        f"{int(sem[bad].flat[0])} is not in [0, {cfg.num_classes}) and not the ignore label "
+                        f"{cfg.ignore_label}; for pseudo-classes (unsupervised predictions, pseudo-label "
+                        "shards) pass --unsupervised to match them to ground-truth classes first")
+
+
 # --------------------------------------------------------------------------- compact cache
 class _Packed:
     """A label map held zlib-compressed in its smallest integer dtype."""
@@ -122,11 +128,26 @@ class _Packed:
         return np.frombuffer(zlib.decompress(self.data), self.dtype).reshape(self.shape).astype(np.int64)
 
 
+def _pack_depth(depth: np.ndarray | None) -> bytes | tuple | None:
+    if depth is None:
+        return None
+    d = np.ascontiguousarray(depth, np.float32)
+    return zlib.compress(d.tobytes(), 1), d.shape
+
+
+def _unpack_depth(packed: tuple | None) -> np.ndarray | None:
+    if packed is None:
+        return None
+    data, shape = packed
+    return np.frombuffer(zlib.decompress(data), np.float32).reshape(shape)
+
+
 # --------------------------------------------------------------------------- evaluate
-def _metrics(cfg: EvalConfig) -> tuple[STQ, VPQ]:
+def _metrics(cfg: EvalConfig) -> tuple[STQ, VPQ, DVPQ]:
     common = dict(num_classes=cfg.num_classes, things=cfg.things, ignore_label=cfg.ignore_label,
                   label_divisor=cfg.label_divisor)
-    return STQ(**common), VPQ(**common, window_sizes=cfg.window_sizes)
+    return (STQ(**common), VPQ(**common, window_sizes=cfg.window_sizes, protocol=cfg.protocol),
+            DVPQ(**common, window_sizes=cfg.window_sizes, thresholds=cfg.depth_thresholds, protocol=cfg.protocol))
 
 
 def _is_reiterable(source: FrameSource) -> bool:
@@ -142,11 +163,14 @@ def evaluate(gt_frames: FrameSource, pred_frames: FrameSource, *, cfg: EvalConfi
     STQ/AQ/SQ/num_frames/num_tracks), ``per_class_iou`` (list over classes, None where a class
     is absent), ``per_window`` (window size -> PQ/PQ_thing/PQ_stuff/SQ/RQ/num_windows/per_class),
     ``num_frames``, ``num_tracks``, ``config`` and, when ``unsupervised``, ``mapping``.
+    When every ground-truth frame and its prediction carry depth, ``DVPQ`` (see
+    :class:`~videocups_ray.metrics.DVPQ`: ``DVPQ``, ``DVPQ_thing``, ``DVPQ_stuff``,
+    ``per_threshold``, ``depth``) is added; VPQ follows ``cfg.protocol``.
     """
     div = cfg.label_divisor
-    stq, vpq = _metrics(cfg)
+    stq, vpq, dvpq = _metrics(cfg)
     matcher: UnsupervisedMatcher | None = None
-    cache: list[tuple[str, int, _Packed, _Packed]] | None = None
+    cache: list[tuple] | None = None
 
     if unsupervised:
         matcher = UnsupervisedMatcher(cfg.num_classes, cfg.things, cfg.ignore_label, div)
@@ -156,26 +180,32 @@ def evaluate(gt_frames: FrameSource, pred_frames: FrameSource, *, cfg: EvalConfi
             g, p = _panoptic(gt, div, "ground truth"), _panoptic(pred, div, "prediction")
             matcher.update_panoptic(g, p, where=f"video {gt.video_id!r} frame {gt.frame_index}")
             if cache is not None:
-                cache.append((str(gt.video_id), int(gt.frame_index), _Packed(g), _Packed(p)))
+                cache.append((str(gt.video_id), int(gt.frame_index), _Packed(g), _Packed(p),
+                               _pack_depth(gt.depth), _pack_depth(pred.depth)))
         mapping = matcher.fit()
         log.info("unsupervised matching: %d Hungarian, %d majority, %d void-only pseudo-classes",
                  len(mapping.hungarian), len(mapping.majority), len(mapping.unmatched))
 
-    def scored_pairs() -> Iterator[tuple[str, int, np.ndarray, np.ndarray]]:
+    def scored_pairs() -> Iterator[tuple]:
         if cache is not None:
-            for video, index, g, p in cache:
-                yield video, index, g.unpack(), p.unpack()
+            for video, index, g, p, dg, dp in cache:
+                yield video, index, g.unpack(), p.unpack(), _unpack_depth(dg), _unpack_depth(dp)
             return
         for gt, pred in paired_frames(_iterate(gt_frames), _iterate(pred_frames)):
-            yield (str(gt.video_id), int(gt.frame_index),
-                   _panoptic(gt, div, "ground truth"), _panoptic(pred, div, "prediction"))
+            if not unsupervised:
+                _check_supervised_classes(pred, cfg)
+            yield (str(gt.video_id), int(gt.frame_index), _panoptic(gt, div, "ground truth"),
+                   _panoptic(pred, div, "prediction"), gt.depth, pred.depth)
 
-    num_frames = 0
-    for video, index, g, p in scored_pairs():
+    num_frames, with_depth = 0, True
+    for video, index, g, p, depth_gt, depth_pred in scored_pairs():
         if matcher is not None:
             p = matcher.apply(p, where=f"video {video!r} frame {index}")
         stq.update(g, p, video, frame_index=index)
         vpq.update(g, p, video, frame_index=index)
+        with_depth = with_depth and depth_gt is not None and depth_pred is not None
+        if with_depth:
+            dvpq.update(g, p, depth_gt, depth_pred, video, frame_index=index)
         num_frames += 1
     if num_frames == 0:
         raise DataError("no ground-truth frames to evaluate")
@@ -190,8 +220,11 @@ def evaluate(gt_frames: FrameSource, pred_frames: FrameSource, *, cfg: EvalConfi
         "num_frames": num_frames, "num_tracks": s["num_tracks"],
         "config": {"num_classes": cfg.num_classes, "things": list(cfg.things),
                    "ignore_label": cfg.ignore_label, "label_divisor": div,
-                   "window_sizes": list(cfg.window_sizes), "unsupervised": unsupervised},
+                   "window_sizes": list(cfg.window_sizes), "unsupervised": unsupervised,
+                   "protocol": cfg.protocol},
     }
+    if with_depth:
+        result["DVPQ"] = dvpq.result()
     if matcher is not None and matcher.mapping is not None:
         result["mapping"] = matcher.mapping.to_dict()
     return result
@@ -215,6 +248,14 @@ def format_report(result: dict[str, Any]) -> str:
     for n, w in result["per_window"].items():
         lines.append(f"{str(n):12s}{_fmt(w['PQ'])}{_fmt(w['PQ_thing'])}{_fmt(w['PQ_stuff'])}"
                      f"{_fmt(w['SQ'])}{_fmt(w['RQ'])}{w['num_windows']:8d}")
+    dv = result.get("DVPQ")
+    if dv:
+        lines += ["", f"DVPQ {_fmt(dv['DVPQ'])} (thing {_fmt(dv['DVPQ_thing']).strip()}, stuff "
+                  f"{_fmt(dv['DVPQ_stuff']).strip()}); per depth threshold:"]
+        lines += [f"  lambda {t:6s}{_fmt(r['VPQ'])}" for t, r in dv["per_threshold"].items()]
+        d = dv["depth"]
+        lines.append("  depth: " + ", ".join(f"{k} {d[k]:.4f}" for k in ("AbsRel", "SqRel", "SILog", "delta1")
+                                             if d[k] is not None))
     lines += ["", "IoU per class", f"{'class':18s}{'IoU':>7s}"]
     for c, iou in enumerate(result["per_class_iou"]):
         if iou is not None:
@@ -230,92 +271,49 @@ def format_report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------- label folders
-_CITYSCAPES_VPS_NAME = re.compile(r"^(\d+)_(\d+)_")
-
-
-def _frame_key(path: Path, video: str, fmt: str, nested: bool) -> tuple[str, int]:
-    stem = path.stem
-    if stem.isdigit():
-        return video, int(stem)
-    m = _CITYSCAPES_VPS_NAME.match(stem) if fmt == "cityscapes-vps" else None
-    if m:
-        return (video if nested else m.group(1)), int(m.group(2))
-    expected = "<frame>.png" + (" or <video>_<frame>_*.png" if fmt == "cityscapes-vps" else "")
-    raise DataError(f"{path}: cannot read a frame index from the file name (expected {expected})")
-
-
-def _label_files(root: Path, fmt: str) -> list[tuple[str, int, Path]]:
-    label_dirs = [root / d for d in ("panoptic", "panoptic_maps") if (root / d).is_dir()]
-    base = label_dirs[0] if label_dirs else root
-    if not base.is_dir():
-        raise DataError(f"{root}: label folder not found")
-    flat = sorted(base.glob("*.png"))
-    subdirs = sorted(d for d in base.iterdir() if d.is_dir() and any(d.glob("*.png")))
-    if flat and subdirs:
-        raise DataError(f"{base}: holds both label PNGs and sequence folders; use one layout")
-    if subdirs:
-        files = [(*_frame_key(f, d.name, fmt, True), f) for d in subdirs for f in sorted(d.glob("*.png"))]
-    else:
-        # Single-sequence layout: the video ID is the dataset folder's name, as the KITTI-STEP
-        # reader (data/kitti_step.py) names it, so pipeline predictions written under
-        # panoptic/<video_id>/ pair with it (Cityscapes-VPS names carry their own video ID).
-        name = root.parent.name if base == root and root.name in ("panoptic", "panoptic_maps") else root.name
-        files = [(*_frame_key(f, name, fmt, False), f) for f in flat]
-    if not files:
-        raise DataError(f"{base}: no label PNGs found (expected panoptic/<seq>/<frame>.png or panoptic/*.png)")
-    files.sort(key=lambda t: (t[0], t[1]))
-    for (v0, i0, f0), (v1, i1, f1) in zip(files, files[1:]):
-        if (v0, i0) == (v1, i1):
-            raise DataError(f"{f1}: video {v1!r} frame {i1} also given by {f0}")
-    return files
-
-
+# --------------------------------------------------------------------------- folders
 def load_label_dir(path: str | Path, format: LabelFormat) -> Iterator[Frame]:  # noqa: A002 (CLI name)
-    """Frames with panoptic labels from a folder, sorted by (video, frame).
+    """Frames of a folder in ``format`` (:mod:`videocups_ray.data.formats`), sorted by
+    (video, frame). KITTI-STEP and Cityscapes-VPS folders are read as label-only folders
+    (``DIR/panoptic/<seq>/<frame:06d>.png`` or flat ``DIR/panoptic/*.png``; see
+    :mod:`videocups_ray.data.predictions`), even where images sit next to them."""
+    from videocups_ray.data.formats import open_source
+    from videocups_ray.data.predictions import CityscapesVpsPredictions, KittiStepPredictions
 
-    Layouts: ``DIR/panoptic/<seq>/<frame:06d>.png`` or single-sequence ``DIR/panoptic/*.png``
-    (``DIR`` itself may be the ``panoptic`` folder). ``kitti-step``: RGB PNG, R = class,
-    instance = G * 256 + B. ``cityscapes-vps``: 16-bit ``trainId * 1000 + instance``; flat files
-    may be named ``<video>_<frame>_*.png``. Frames carry no image (a zero-size-in-memory view).
-    """
-    if format not in ("kitti-step", "cityscapes-vps"):
-        raise UnknownFormatError(f"unknown label format {format!r}; known: kitti-step, cityscapes-vps")
-    decode = decode_kitti_panoptic if format == "kitti-step" else decode_cityscapes_panoptic
-    for video, index, f in _label_files(Path(path), format):
-        semantic, instance = decode(read_png(f), what=str(f))
-        image = np.broadcast_to(np.zeros((1, 1, 3), np.uint8), (*semantic.shape, 3))
-        yield Frame(video_id=video, frame_index=index, image=image, semantic=semantic, instance=instance)
+    label_only = {"kitti-step": KittiStepPredictions, "cityscapes-vps": CityscapesVpsPredictions}
+    source = label_only[format](path) if format in label_only else open_source(path, format)
+    return iter(source)
 
 
-def evaluate_paths(gt: str | Path, pred: str | Path, *, fmt: LabelFormat, cfg: EvalConfig,
+def _open_frames(path: str | Path, fmt: str | None, role: str) -> FrameSource:
+    """A re-iterable source of ``path`` read in ``fmt`` (detected when None), checked to hold
+    labels; ``role`` names it in errors."""
+    from videocups_ray.data.formats import detect_format, open_source
+
+    fmt = fmt or detect_format(path)
+    source = open_source(path, fmt)
+    if not source.has_labels:
+        raise DataError(f"{role} {path} (format {fmt}): has no labels to evaluate")
+    log.info("%s %s: format %s", role, path, fmt)
+    return lambda: iter(source)
+
+
+def evaluate_paths(gt: str | Path, pred: str | Path, *, cfg: EvalConfig, fmt: LabelFormat | None = None,
+                   gt_format: str | None = None, pred_format: str | None = None,
                    unsupervised: bool = False) -> dict[str, Any]:
-    """:func:`evaluate` on two folders (read twice when ``unsupervised``).
+    """:func:`evaluate` on two paths, each read with the format registry
+    (:mod:`videocups_ray.data.formats`): ``gt_format`` / ``pred_format`` name the formats
+    (``fmt`` sets both at once); None detects each.
 
     ``pred`` may also be a pseudo-label shard directory (it holds ``manifest.json``), read
     with :func:`videocups_ray.pipelines.pseudolabel.read_pseudolabels`.
-
-    Ground truth is read with the dataset reader (:func:`videocups_ray.data.sources.open_source`)
-    when the folder is a full dataset (images + labels); a labels-only folder and the
-    predictions are read with :func:`load_label_dir`.
     """
-    from videocups_ray.data.formats import open_source
     from videocups_ray.pipelines.pseudolabel import is_shard_dir, read_pseudolabels
 
+    gt_format, pred_format = gt_format or fmt, pred_format or fmt
     if is_shard_dir(pred):  # pseudo-label shards: the manifest's thing/stuff split is applied
         pred_frames: FrameSource = lambda: read_pseudolabels(pred)  # noqa: E731
     else:
-        _label_files(Path(pred), fmt)  # fail early, before any metric work
-        pred_frames = lambda: load_label_dir(pred, fmt)  # noqa: E731
-    try:
-        source = open_source(gt, fmt)
-        use_reader = source.has_labels
-    except DataError as exc:  # e.g. no images/ folder: a labels-only ground truth
-        log.info("ground truth %s: reading label PNGs only (%s)", gt, exc)
-        use_reader = False
-    if use_reader:
-        gt_frames: FrameSource = lambda: iter(open_source(gt, fmt))  # noqa: E731
-    else:
-        _label_files(Path(gt), fmt)
-        gt_frames = lambda: load_label_dir(gt, fmt)  # noqa: E731
+        pred_frames = _open_frames(pred, pred_format, "prediction")  # fail early, before any metric work
+    gt_frames = _open_frames(gt, gt_format, "ground truth")
     return evaluate(gt_frames, pred_frames, cfg=cfg, unsupervised=unsupervised)
