@@ -87,3 +87,28 @@ def test_pseudo_classes_without_unsupervised_suggest_the_flag(tmp_path, capsys):
     assert "--unsupervised" in capsys.readouterr().err
     r = evaluate_paths(tmp_path / "gt", tmp_path / "pred", cfg=EvalConfig(), unsupervised=True)
     assert r["mapping"]["pseudo_to_gt"] == {"21": 0} and r["SQ"] == pytest.approx(1.0)
+
+
+def test_depth_cue_written_into_shards_is_scored_with_dvpq(tmp_path):
+    """labeling.write_depth_cue puts the pseudo-labeler's depth into the shards' optional depth
+    column; eval against SynthDrive (which has depth ground truth) then reports DVPQ."""
+    from videocups_ray.config import Config, with_overrides
+    from videocups_ray.data.shards import read_shards
+    from videocups_ray.data.synthdrive import write_synth_dataset
+    from videocups_ray.pipelines.pseudolabel import run_local
+
+    cfg = with_overrides(
+        Config(), synth={"sequences": 1, "frames": 6, "height": 64, "width": 128, "seed": 5},
+        labeling={"num_clusters": 6, "kmeans_iters": 4, "kmeans_samples_per_frame": 64,
+                  "kmeans_frames_per_video": 2, "clip_length": 3, "write_depth_cue": True})
+    write_synth_dataset(cfg.synth, tmp_path / "synth", progress=False)
+    run_local(cfg, tmp_path / "synth", tmp_path / "shards", progress=False)
+    rows = list(read_shards(tmp_path / "shards"))
+    assert len(rows) == 6 and all(f.depth is not None and f.depth.shape == (64, 128) for f in rows)
+    assert all(np.isfinite(f.depth).all() and (f.depth > 0).any() for f in rows)
+    r = evaluate_paths(tmp_path / "synth", tmp_path / "shards", cfg=cfg.eval, unsupervised=True)
+    d = r["DVPQ"]
+    assert set(d["per_threshold"]) == {"0.5", "0.25", "0.1"} and 0.0 <= d["DVPQ"] <= 1.0
+    # a stricter threshold rejects more pixels: DVPQ cannot rise
+    assert d["per_threshold"]["0.1"]["VPQ"] <= d["per_threshold"]["0.5"]["VPQ"] + 1e-12
+    assert d["depth"]["AbsRel"] > 0 and d["depth"]["num_frames"] == 6

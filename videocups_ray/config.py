@@ -166,6 +166,9 @@ class LabelingConfig(_Section):
     # thing/stuff split
     psi: float = Field(0.01, ge=0, le=1)  # class c is a thing if ratio_c > psi
     ignore_label: int = Field(255, ge=0)  # semantic value of unreliable pixels
+    # write the depth cue (metres) into the shards' optional depth column, so that eval scores
+    # DVPQ against ground truth with depth (SynthDrive, Cityscapes-DVPS); costs H*W*4 bytes a row
+    write_depth_cue: bool = False
 
 
 # --------------------------------------------------------------------------- evaluation

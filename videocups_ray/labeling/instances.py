@@ -83,4 +83,5 @@ def propose_frame(cues: FrameCues, cfg: LabelingConfig, semantics: SemanticLabel
     instances = propose_instances(cues.depth, _growth_flow(cues), cues.motion_prob, cfg, where=cues.name)
     semantic = semantics(cues.features_high, cues.features_low, cues.depth)
     return FrameProposal(cues.video_id, cues.frame_index, instances, semantic,
-                         cues.flow_fw, cues.flow_bw, cues.occ_fw, cues.occ_bw)
+                         cues.flow_fw, cues.flow_bw, cues.occ_fw, cues.occ_bw,
+                         depth=cues.depth.astype(np.float32) if cfg.write_depth_cue else None)

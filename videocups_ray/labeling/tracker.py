@@ -311,6 +311,8 @@ class VideoTracker:
         if self._clip_index is None:
             self._clip_index = clip
         self._add_to_clip(cur.frame_index, voted, tracked, ignore)
+        if cur.depth is not None:  # the depth cue rides along to the shard row
+            self._clip_frames[-1]["depth"] = cur.depth
         if nxt is None or (cur.frame_index + 1) % self.cfg.clip_length == 0:
             return self._close_clip()  # last frame of its clip or of the video
         if self.emit == "online":
@@ -354,7 +356,7 @@ class VideoTracker:
                 aligned = keep[instance] & (instance != 0) & (cls[instance] >= 0)
                 semantic = np.where(aligned, cls[instance], semantic).astype(semantic.dtype)
         return LabelledFrame(self._video_id, int(f["frame_index"]), semantic, instance,
-                             f["ignore"], final, int(self._clip_index))
+                             f["ignore"], final, int(self._clip_index), depth=f.get("depth"))
 
     def _close_clip(self) -> list[LabelledFrame]:
         out = [self._render(f, final=True) for f in self._clip_frames]

@@ -101,6 +101,7 @@ class FrameProposal:
     flow_bw: np.ndarray | None
     occ_fw: np.ndarray | None
     occ_bw: np.ndarray | None
+    depth: np.ndarray | None = None  # the depth cue, carried to the shards (labeling.write_depth_cue)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -145,6 +146,7 @@ class LabelledFrame:
     ignore: np.ndarray
     final: bool
     clip_index: int
+    depth: np.ndarray | None = None  # float32 metres, the depth cue (labeling.write_depth_cue)
 
     @property
     def name(self) -> str:

@@ -328,9 +328,12 @@ def labelled_to_row(labelled: LabelledFrame, image: np.ndarray) -> dict:
         raise DataError(f"{labelled.name}: only final frames go to shards (got a provisional one)")
     if image.shape[:2] != labelled.semantic.shape:
         raise DataError(f"{labelled.name}: image {image.shape[:2]} and labels {labelled.semantic.shape} differ")
-    return {"video_id": labelled.video_id, "frame_index": int(labelled.frame_index), "image": image,
-            "semantic": labelled.semantic.astype(np.uint8), "instance": labelled.instance.astype(np.int32),
-            "ignore": labelled.ignore.astype(bool)}
+    row = {"video_id": labelled.video_id, "frame_index": int(labelled.frame_index), "image": image,
+           "semantic": labelled.semantic.astype(np.uint8), "instance": labelled.instance.astype(np.int32),
+           "ignore": labelled.ignore.astype(bool)}
+    if labelled.depth is not None:  # labeling.write_depth_cue: the shards' optional depth column
+        row["depth"] = labelled.depth
+    return row
 
 
 # --------------------------------------------------------------------------- pass 1: centroids
