@@ -100,7 +100,8 @@ def test_depth_cue_written_into_shards_is_scored_with_dvpq(tmp_path):
     cfg = with_overrides(
         Config(), synth={"sequences": 1, "frames": 6, "height": 64, "width": 128, "seed": 5},
         labeling={"num_clusters": 6, "kmeans_iters": 4, "kmeans_samples_per_frame": 64,
-                  "kmeans_frames_per_video": 2, "clip_length": 3, "write_depth_cue": True})
+                  "kmeans_frames_per_video": 2, "clip_length": 3, "write_depth_cue": True},
+        eval={"depth_thresholds": (1e9, 0.5, 0.1)})
     write_synth_dataset(cfg.synth, tmp_path / "synth", progress=False)
     run_local(cfg, tmp_path / "synth", tmp_path / "shards", progress=False)
     rows = list(read_shards(tmp_path / "shards"))
@@ -108,7 +109,8 @@ def test_depth_cue_written_into_shards_is_scored_with_dvpq(tmp_path):
     assert all(np.isfinite(f.depth).all() and (f.depth > 0).any() for f in rows)
     r = evaluate_paths(tmp_path / "synth", tmp_path / "shards", cfg=cfg.eval, unsupervised=True)
     d = r["DVPQ"]
-    assert set(d["per_threshold"]) == {"0.5", "0.25", "0.1"} and 0.0 <= d["DVPQ"] <= 1.0
-    # a stricter threshold rejects more pixels: DVPQ cannot rise
-    assert d["per_threshold"]["0.1"]["VPQ"] <= d["per_threshold"]["0.5"]["VPQ"] + 1e-12
+    assert set(d["per_threshold"]) == {"1000000000.0", "0.5", "0.1"} and 0.0 <= d["DVPQ"] <= 1.0
+    # a threshold no depth error reaches rejects nothing: DVPQ is the plain VPQ
+    assert d["per_threshold"]["1000000000.0"]["VPQ"] == pytest.approx(r["VPQ"], abs=1e-12)
+    assert d["per_threshold"]["0.1"]["VPQ"] != pytest.approx(r["VPQ"])  # the cue is far from exact
     assert d["depth"]["AbsRel"] > 0 and d["depth"]["num_frames"] == 6

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from videocups_ray.config import Config, ConfigError, load_config
+from videocups_ray.data.formats import FORMATS, writable_formats  # registry only: readers load lazily
 from videocups_ray.data.types import DataError
 
 log = logging.getLogger("videocups")
@@ -198,13 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="model.pt of a training run")
     p.add_argument("--input", required=True, help="videos, folders or a dataset (as for pseudolabel)")
     p.add_argument("--out", required=True, help="prediction folder (panoptic/<video>/<frame>.png)")
-    from videocups_ray.data.formats import FORMATS  # light: no reader is imported here
-
-    p.add_argument("--format", choices=list(FORMATS), help="format of --gt and --pred (default: detect each)")
-    p.add_argument("--gt-format", choices=list(FORMATS), help="format of --gt (overrides --format)")
-    p.add_argument("--pred-format", choices=list(FORMATS), help="format of --pred (overrides --format)")
-    p.add_argument("--protocol", choices=["vps", "vip-deeplab"],
-                   help="VPQ protocol: mcahny/vps eval_vpq (default) or ViP-DeepLab eval_dvpq")
+    p.add_argument("--format", default="kitti-step", choices=writable_formats())
     p.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="ray: a Ray Data job over the corpus with an actor pool")
     p.add_argument("--overlay", action="store_true", help="also write an overlay video per input video")
@@ -215,8 +210,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="score predictions against ground truth (STQ, VPQ)")
     p.add_argument("--gt", required=True, help="ground-truth folder")
     p.add_argument("--pred", required=True, help="prediction folder (label PNGs) or shard folder")
-    from videocups_ray.data.formats import FORMATS  # light: no reader is imported here
-
     p.add_argument("--format", choices=list(FORMATS), help="format of --gt and --pred (default: detect each)")
     p.add_argument("--gt-format", choices=list(FORMATS), help="format of --gt (overrides --format)")
     p.add_argument("--pred-format", choices=list(FORMATS), help="format of --pred (overrides --format)")

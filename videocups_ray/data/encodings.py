@@ -102,14 +102,19 @@ def _read_other(path: str | os.PathLike) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- KITTI-STEP
-def encode_kitti_panoptic(semantic: np.ndarray, instance: np.ndarray) -> np.ndarray:
-    """R = semantic train ID (255 void), instance = G * 256 + B. Returns HxWx3 uint8."""
+def _check_rgb_ids(semantic: np.ndarray, instance: np.ndarray, max_instance: int, name: str) -> None:
+    """ValueError unless the maps match in shape, classes fit in 8 bit and instances in [0, max]."""
     if semantic.shape != instance.shape:
         raise ValueError(f"semantic {semantic.shape} and instance {instance.shape} differ")
-    if instance.min(initial=0) < 0 or instance.max(initial=0) > 65535:
-        raise ValueError("KITTI-STEP instance IDs must lie in [0, 65535]")
+    if instance.min(initial=0) < 0 or instance.max(initial=0) > max_instance:
+        raise ValueError(f"{name} instance IDs must lie in [0, {max_instance}]")
     if semantic.min(initial=0) < 0 or semantic.max(initial=0) > 255:
-        raise ValueError("KITTI-STEP semantic IDs must lie in [0, 255]")
+        raise ValueError(f"{name} semantic IDs must lie in [0, 255]")
+
+
+def encode_kitti_panoptic(semantic: np.ndarray, instance: np.ndarray) -> np.ndarray:
+    """R = semantic train ID (255 void), instance = G * 256 + B. Returns HxWx3 uint8."""
+    _check_rgb_ids(semantic, instance, 65535, "KITTI-STEP")
     inst = instance.astype(np.int64)
     return np.stack([semantic.astype(np.uint8), (inst // 256).astype(np.uint8),
                      (inst % 256).astype(np.uint8)], axis=-1)
@@ -208,12 +213,7 @@ def encode_vip_deeplab_panoptic(semantic: np.ndarray, instance: np.ndarray) -> n
     ``cityscapes-dvps/eval_dvpq.py`` reads as ``R * 1000 + G``)."""
     semantic = np.asarray(semantic)
     instance = np.asarray(instance)
-    if semantic.shape != instance.shape:
-        raise ValueError(f"semantic {semantic.shape} and instance {instance.shape} differ")
-    if instance.min(initial=0) < 0 or instance.max(initial=0) > 255:
-        raise ValueError("ViP-DeepLab instance IDs must lie in [0, 255] (the G channel)")
-    if semantic.min(initial=0) < 0 or semantic.max(initial=0) > 255:
-        raise ValueError("ViP-DeepLab semantic IDs must lie in [0, 255] (the R channel)")
+    _check_rgb_ids(semantic, instance, 255, "ViP-DeepLab")  # G holds the instance: 8 bit
     return np.stack([semantic.astype(np.uint8), instance.astype(np.uint8),
                      np.zeros(semantic.shape, np.uint8)], axis=-1)
 

@@ -27,15 +27,15 @@ import numpy as np
 import torch
 
 from videocups_ray.config import Config, ModelConfig
-from videocups_ray.data.predictions import write_cityscapes_vps_prediction, write_kitti_step_prediction
+from videocups_ray.data import formats
 from videocups_ray.data.sources import FrameSource
 from videocups_ray.data.types import DataError, Frame, UnknownFormatError
 from videocups_ray.model import ClassMeta, PanopticFrame, VideoTrackMemory, load_checkpoint, panoptic_fusion
 
 log = logging.getLogger(__name__)
 
-OutputFormat = Literal["kitti-step", "cityscapes-vps"]
-FORMATS = ("kitti-step", "cityscapes-vps")
+OutputFormat = str  # a writable format of videocups_ray.data.formats
+FORMATS = tuple(formats.writable_formats())
 
 
 # --------------------------------------------------------------------------- prediction
@@ -83,12 +83,9 @@ def predict_video(model: torch.nn.Module, meta: ClassMeta, cfg: ModelConfig, fra
 
 
 def write_prediction(out: str | os.PathLike, fmt: str, video_id: str, pred: PanopticFrame) -> Path:
-    """Write one predicted frame in ``fmt``; DataError naming the frame if it cannot be encoded."""
-    if fmt == "kitti-step":
-        return write_kitti_step_prediction(out, video_id, pred.frame_index, pred.semantic, pred.instance)
-    if fmt == "cityscapes-vps":
-        return write_cityscapes_vps_prediction(out, video_id, pred.frame_index, pred.semantic, pred.instance)
-    raise UnknownFormatError(f"unknown prediction format {fmt!r}; known: {', '.join(FORMATS)}")
+    """Write one predicted frame in ``fmt`` (any writable format of the registry); DataError
+    naming the frame if it cannot be encoded."""
+    return formats.write_prediction(fmt, out, video_id, pred.frame_index, pred.semantic, pred.instance)
 
 
 class _OverlayWriter:
