@@ -76,8 +76,8 @@ def test_run_infer_writes_kitti_step_that_evaluate_paths_scores(setup, tmp_path)
     for f in cs:  # the same prediction in both encodings
         np.testing.assert_array_equal(f.semantic, kitti[(f.video_id, f.frame_index)].semantic)
         np.testing.assert_array_equal(f.instance, kitti[(f.video_id, f.frame_index)].instance)
-    with pytest.raises(UnknownFormatError, match="mots"):
-        run_infer(cfg, ckpt, data, tmp_path / "x", "mots")
+    with pytest.raises(UnknownFormatError, match="'waymo'.*vip-deeplab"):  # read-only format
+        run_infer(cfg, ckpt, data, tmp_path / "x", "waymo")
     with pytest.raises(DataError, match="unknown videos"):
         run_infer(cfg, ckpt, data, tmp_path / "x", "kitti-step", videos=["nope"])
 
