@@ -54,9 +54,7 @@ def _has(spec: str, *names: str) -> bool:
 
 
 def _first_png(folder: Path) -> Path | None:
-    for p in sorted(folder.rglob("*.png")):
-        return p
-    return None
+    return next(folder.rglob("*.png"), None)  # any one: detection must not list a whole dataset
 
 
 def _label_encoding(spec: str) -> str | None:
@@ -117,7 +115,7 @@ def _detect_vip(spec: str) -> bool:
     base = Path(spec) / "panoptic"
     if any(p.is_dir() for p in base.iterdir()):
         return False
-    first = next(iter(sorted(base.glob("*.png"))), None)
+    first = next(base.glob("*.png"), None)
     return first is not None and "_" in first.stem and _label_encoding(spec) == "kitti-step"
 
 
