@@ -181,18 +181,23 @@ def _waymo(root, segment="seg1", stamps=(100, 200, 300), labelled=(100, 300)):
 def test_waymo_v2_parquet_five_cameras_tracked_instances_and_class_map(tmp_path, monkeypatch):
     truth = _waymo(tmp_path)
     assert detect_format(tmp_path) == "waymo"
-    reads = []
-    orig = pq.ParquetFile.read_row_group
+    reads, streamed = [], []
+    orig_read, orig_iter = pq.ParquetFile.read_row_group, pq.ParquetFile.iter_batches
     monkeypatch.setattr(pq.ParquetFile, "read_row_group",
-                        lambda self, i, columns=None, **kw: reads.append(tuple(columns)) or orig(self, i, columns=columns, **kw))
+                        lambda self, i, columns=None, **kw: reads.append(tuple(columns)) or orig_read(self, i, columns=columns, **kw))
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches",
+                        lambda self, **kw: streamed.append((kw["batch_size"], tuple(kw["columns"]))) or orig_iter(self, **kw))
     src = open_source(f"file://{tmp_path}")  # pyarrow.fs URI, as s3:// and gs:// are opened
     assert src.videos() == [f"seg1_777_{c}" for c in sorted(["FRONT", "FRONT_LEFT", "FRONT_RIGHT", "SIDE_LEFT", "SIDE_RIGHT"])]
-    assert all(len(cols) < 8 for cols in reads) and not any("[CameraImageComponent].image" in c for c in reads)
+    # indexing reads key and mapping columns only, never an image or a label
+    assert reads and not any(c in cols for cols in reads for c in ("[CameraImageComponent].image", f"{SEG}.panoptic_label"))
     reads.clear()
     frames = list(src.frames("seg1_777_FRONT"))
     assert [f.frame_index for f in frames] == [0, 2]  # labelled frames only, 10 Hz positions kept
-    assert set(reads) <= {("[CameraImageComponent].image",), (f"{SEG}.panoptic_label",),
-                          (f"{SEG}.panoptic_label_divisor",)}  # one column per read: projection
+    assert not reads  # frames stream single columns in small batches
+    assert {cols for _, cols in streamed} == {("[CameraImageComponent].image",), (f"{SEG}.panoptic_label",),
+                                               (f"{SEG}.panoptic_label_divisor",)}
+    assert all(size <= 8 for size, _ in streamed)
     f = frames[1]
     np.testing.assert_allclose(f.image, truth[1, 300], atol=2)  # JPEG
     assert f.semantic[5, 0] == 13 and f.instance[5, 0] == 1  # car, global 9001 renumbered 1

@@ -26,8 +26,8 @@ Classes: the 28 Waymo classes are mapped to the 19 Cityscapes train IDs the eval
 (:data:`WAYMO_TO_CITYSCAPES`; ``class_map="native"`` keeps Waymo's IDs with 0 as void).
 
 Reading goes through ``pyarrow.fs`` (local paths, ``s3://``, ``gs://``) with column
-projection, one row group at a time: indexing reads only the key and mapping columns, and a
-frame reads one row group of the one column it needs.
+projection: indexing reads only the key and mapping columns (row group by row group), and
+frames stream the one column they need in small record batches (:class:`_ColumnReader`).
 """
 
 from __future__ import annotations
@@ -142,13 +142,18 @@ class _WaymoFrame:
     tracked: np.ndarray | None = None
 
 
-class _RowGroupCache:
-    """The last row group read per (file, column): sequential frames share one read."""
+class _ColumnReader:
+    """Values of single cells, streamed: a column of one row group is read in record batches
+    of ``batch_rows`` rows, and a read at a later row of the same row group continues the
+    stream, so reading one camera's frames in order holds at most one small batch in memory
+    and never materialises a whole file or row group."""
 
-    def __init__(self, fs: pafs.FileSystem):
+    def __init__(self, fs: pafs.FileSystem, batch_rows: int = 8):
         self.fs = fs
+        self.batch_rows = batch_rows
         self._files: dict[str, pq.ParquetFile] = {}
-        self._last: dict[tuple[str, str], tuple[int, list]] = {}
+        # (file, column) -> [row group, batch iterator, first row of batch, batch values]
+        self._cursors: dict[tuple[str, str], list] = {}
 
     def file(self, path: str) -> pq.ParquetFile:
         if path not in self._files:
@@ -160,12 +165,19 @@ class _RowGroupCache:
 
     def value(self, row: _Row, column: str):
         key = (row.path, column)
-        cached = self._last.get(key)
-        if cached is None or cached[0] != row.row_group:
-            table = self.file(row.path).read_row_group(row.row_group, columns=[column])
-            cached = (row.row_group, table.column(column).to_pylist())
-            self._last[key] = cached
-        return cached[1][row.row]
+        cur = self._cursors.get(key)
+        if cur is None or cur[0] != row.row_group or row.row < cur[2]:
+            batches = self.file(row.path).iter_batches(batch_size=self.batch_rows, row_groups=[row.row_group],
+                                                       columns=[column])
+            cur = [row.row_group, batches, 0, []]
+            self._cursors[key] = cur
+        while row.row >= cur[2] + len(cur[3]):
+            cur[2] += len(cur[3])
+            batch = next(cur[1], None)
+            if batch is None:
+                raise DataError(f"{row.path}: row group {row.row_group} has no row {row.row}")
+            cur[3] = batch.column(0).to_pylist()
+        return cur[3][row.row - cur[2]]
 
 
 class WaymoSource(FrameSource):
@@ -189,7 +201,7 @@ class WaymoSource(FrameSource):
         missing = sorted(set(labels) - set(images))
         if missing:
             raise DataError(f"{labels[missing[0]]}: segment has labels but no camera_image file")
-        self._cache = _RowGroupCache(self.fs)
+        self._cache = _ColumnReader(self.fs)
         self._videos: dict[str, list[_WaymoFrame]] = {}
         for segment in sorted(labels or images):
             self._index_segment(segment, images[segment], labels.get(segment))
