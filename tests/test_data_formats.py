@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from pycocotools import mask as coco_mask
 
+from videocups_ray.config import DatasetsConfig
 from videocups_ray.data.encodings import encode_png, write_png
 from videocups_ray.data.formats import FORMATS, detect_format, open_source, writable_formats, write_prediction
 from videocups_ray.data.types import DataError, UnknownFormatError
@@ -203,7 +204,7 @@ def test_waymo_v2_parquet_five_cameras_tracked_instances_and_class_map(tmp_path,
     assert f.semantic[5, 0] == 13 and f.instance[5, 0] == 1  # car, global 9001 renumbered 1
     assert f.semantic[5, 6] == 11 and f.instance[5, 6] == 0  # untracked pedestrian: no track
     assert f.semantic[0, 0] == 10 and f.semantic[5, 10] == 0  # sky, road
-    native = WaymoSource(str(tmp_path), cameras=(2,), class_map="native")
+    native = open_source(tmp_path, "waymo", DatasetsConfig(waymo_cameras=(2,), waymo_class_map="native"))
     (g, _) = list(native)
     assert g.video_id == "seg1_777_FRONT_LEFT" and g.semantic[5, 0] == 2 and g.semantic[5, 10] == 20
 

@@ -59,7 +59,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         extra.append(f"eval.protocol={args.protocol}")
     cfg = _config(args, extra)
     result = evaluate_paths(args.gt, args.pred, fmt=args.format, gt_format=args.gt_format,
-                            pred_format=args.pred_format, cfg=cfg.eval, unsupervised=args.unsupervised)
+                            pred_format=args.pred_format, cfg=cfg.eval, unsupervised=args.unsupervised,
+                            datasets=cfg.datasets)
     print(format_report(result))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

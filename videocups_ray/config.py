@@ -171,6 +171,14 @@ class LabelingConfig(_Section):
     write_depth_cue: bool = False
 
 
+# --------------------------------------------------------------------------- dataset readers
+class DatasetsConfig(_Section):
+    """Options of the dataset readers (videocups_ray/data/formats.py)."""
+
+    waymo_cameras: tuple[int, ...] = (1, 2, 3, 4, 5)  # Waymo cameras read, one video each (1 FRONT .. 5 SIDE_RIGHT)
+    waymo_class_map: Literal["cityscapes", "native"] = "cityscapes"  # Waymo classes -> train IDs (README table)
+
+
 # --------------------------------------------------------------------------- evaluation
 class EvalConfig(_Section):
     num_classes: int = Field(19, ge=1)  # Cityscapes train IDs
@@ -309,6 +317,7 @@ class Config(_Section):
     cues: CuesConfig = CuesConfig()
     labeling: LabelingConfig = LabelingConfig()
     eval: EvalConfig = EvalConfig()
+    datasets: DatasetsConfig = DatasetsConfig()
     ray: RayConfig = RayConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from videocups_ray.config import DatasetsConfig
 from videocups_ray.data.sources import (
     IMAGE_EXTENSIONS,
     LIST_EXTENSIONS,
@@ -39,7 +40,7 @@ class Format:
     looks_for: str  # what detection tests, shown when nothing matches
     encoding: str  # one line on the label encoding (README and errors)
     detect: Callable[[str], bool]
-    open: Callable[[str], FrameSource]
+    open: Callable[[str, DatasetsConfig], FrameSource]
     #: ``(out_dir, video_id, frame_index, semantic, instance, depth=None) -> path``; None = read only.
     write: Callable[..., Path] | None = None
 
@@ -133,7 +134,7 @@ def _detect_images(spec: str) -> bool:
 
 
 # --------------------------------------------------------------------------- openers
-def _open_synthdrive(spec: str) -> FrameSource:
+def _open_synthdrive(spec: str, options: DatasetsConfig) -> FrameSource:
     from videocups_ray.data.kitti_step import KittiStepSource
 
     if not (Path(spec) / "synthdrive.json").is_file():
@@ -142,7 +143,7 @@ def _open_synthdrive(spec: str) -> FrameSource:
     return KittiStepSource(spec)
 
 
-def _open_kitti(spec: str) -> FrameSource:
+def _open_kitti(spec: str, options: DatasetsConfig) -> FrameSource:
     from videocups_ray.data.kitti_step import KittiStepSource
     from videocups_ray.data.predictions import KittiStepPredictions
 
@@ -151,7 +152,7 @@ def _open_kitti(spec: str) -> FrameSource:
     return KittiStepPredictions(spec)  # labels only: predictions, or ground truth without images
 
 
-def _open_cityscapes(spec: str) -> FrameSource:
+def _open_cityscapes(spec: str, options: DatasetsConfig) -> FrameSource:
     from videocups_ray.data.cityscapes_vps import CityscapesVpsSource
     from videocups_ray.data.predictions import CityscapesVpsPredictions
 
@@ -162,31 +163,31 @@ def _open_cityscapes(spec: str) -> FrameSource:
     return CityscapesVpsPredictions(spec)
 
 
-def _open_vip(spec: str) -> FrameSource:
+def _open_vip(spec: str, options: DatasetsConfig) -> FrameSource:
     from videocups_ray.data.predictions import VipDeepLabPredictions
 
     return VipDeepLabPredictions(spec)
 
 
-def _open_waymo(spec: str) -> FrameSource:
+def _open_waymo(spec: str, options: DatasetsConfig) -> FrameSource:
     from videocups_ray.data.waymo import WaymoSource
 
-    return WaymoSource(spec)
+    return WaymoSource(spec, cameras=options.waymo_cameras, class_map=options.waymo_class_map)
 
 
-def _open_mots(spec: str) -> FrameSource:
+def _open_mots(spec: str, options: DatasetsConfig) -> FrameSource:
     from videocups_ray.data.mots import MotsSource
 
     return MotsSource(spec)
 
 
-def _open_video(spec: str) -> FrameSource:
+def _open_video(spec: str, options: DatasetsConfig) -> FrameSource:
     from videocups_ray.data.video import VideoFileSource
 
     return VideoFileSource(spec)
 
 
-def _open_images(spec: str) -> FrameSource:
+def _open_images(spec: str, options: DatasetsConfig) -> FrameSource:
     from videocups_ray.data.video import open_image_or_list
 
     return open_image_or_list(spec)
@@ -265,12 +266,14 @@ def detect_format(spec: str | os.PathLike) -> str:
     raise DataError(f"{spec}: matches no known format. Looked for: {_looked_for()}")
 
 
-def open_source(spec: str | os.PathLike, format: str | None = None) -> FrameSource:  # noqa: A002
+def open_source(spec: str | os.PathLike, format: str | None = None,  # noqa: A002
+                options: DatasetsConfig | None = None) -> FrameSource:
     """Open ``spec`` (a dataset folder, prediction folder, video, image folder, glob or list
-    file) as a FrameSource, in ``format`` or the detected one."""
+    file) as a FrameSource, in ``format`` or the detected one; ``options`` are the readers'
+    config section (defaults when None)."""
     spec = os.fspath(spec)
     fmt = get_format(format) if format is not None else FORMATS[detect_format(spec)]
-    return fmt.open(spec)
+    return fmt.open(spec, options or DatasetsConfig())
 
 
 def writable_formats() -> list[str]:

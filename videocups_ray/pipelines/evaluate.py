@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from videocups_ray.config import EvalConfig
+from videocups_ray.config import DatasetsConfig, EvalConfig
 from videocups_ray.data.types import DataError, Frame
 from videocups_ray.metrics import DVPQ, STQ, VPQ, UnsupervisedMatcher
 
@@ -285,13 +285,13 @@ def load_label_dir(path: str | Path, format: LabelFormat) -> Iterator[Frame]:  #
     return iter(source)
 
 
-def _open_frames(path: str | Path, fmt: str | None, role: str) -> FrameSource:
+def _open_frames(path: str | Path, fmt: str | None, role: str, options: DatasetsConfig | None) -> FrameSource:
     """A re-iterable source of ``path`` read in ``fmt`` (detected when None), checked to hold
     labels; ``role`` names it in errors."""
     from videocups_ray.data.formats import detect_format, open_source
 
     fmt = fmt or detect_format(path)
-    source = open_source(path, fmt)
+    source = open_source(path, fmt, options)
     if not source.has_labels:
         raise DataError(f"{role} {path} (format {fmt}): has no labels to evaluate")
     log.info("%s %s: format %s", role, path, fmt)
@@ -300,10 +300,10 @@ def _open_frames(path: str | Path, fmt: str | None, role: str) -> FrameSource:
 
 def evaluate_paths(gt: str | Path, pred: str | Path, *, cfg: EvalConfig, fmt: LabelFormat | None = None,
                    gt_format: str | None = None, pred_format: str | None = None,
-                   unsupervised: bool = False) -> dict[str, Any]:
+                   unsupervised: bool = False, datasets: DatasetsConfig | None = None) -> dict[str, Any]:
     """:func:`evaluate` on two paths, each read with the format registry
     (:mod:`videocups_ray.data.formats`): ``gt_format`` / ``pred_format`` name the formats
-    (``fmt`` sets both at once); None detects each.
+    (``fmt`` sets both at once); None detects each. ``datasets`` holds the readers' options.
 
     ``pred`` may also be a pseudo-label shard directory (it holds ``manifest.json``), read
     with :func:`videocups_ray.pipelines.pseudolabel.read_pseudolabels`.
@@ -314,6 +314,6 @@ def evaluate_paths(gt: str | Path, pred: str | Path, *, cfg: EvalConfig, fmt: La
     if is_shard_dir(pred):  # pseudo-label shards: the manifest's thing/stuff split is applied
         pred_frames: FrameSource = lambda: read_pseudolabels(pred)  # noqa: E731
     else:
-        pred_frames = _open_frames(pred, pred_format, "prediction")  # fail early, before any metric work
-    gt_frames = _open_frames(gt, gt_format, "ground truth")
+        pred_frames = _open_frames(pred, pred_format, "prediction", datasets)  # fail early
+    gt_frames = _open_frames(gt, gt_format, "ground truth", datasets)
     return evaluate(gt_frames, pred_frames, cfg=cfg, unsupervised=unsupervised)
