@@ -123,7 +123,7 @@ def test_kitti_step_prediction_round_trip(tmp_path):
         write_kitti_step_prediction(tmp_path, "seq_a", i, sem, inst)
         written["seq_a", i] = (sem, inst)
     preds = KittiStepPredictions(tmp_path)
-    assert preds.videos() == ["seq_a"] and preds.frame_indices("seq_a") == [0, 1, 2]
+    assert preds.videos() == ["seq_a"] and [f.frame_index for f in preds] == [0, 1, 2]
     for f in preds:
         np.testing.assert_array_equal(f.semantic, written[f.video_id, f.frame_index][0])
         np.testing.assert_array_equal(f.instance, written[f.video_id, f.frame_index][1])
@@ -173,7 +173,7 @@ def test_cityscapes_vps_prediction_round_trip(tmp_path):
     inst[0, 0] = 999
     write_cityscapes_vps_prediction(tmp_path, "0005", 25, sem, inst)
     preds = CityscapesVpsPredictions(tmp_path)
-    assert preds.frame_indices("0005") == [25]
+    assert [f.frame_index for f in preds] == [25]
     (got,) = preds.frames("0005")
     np.testing.assert_array_equal(got.semantic, sem)
     np.testing.assert_array_equal(got.instance, inst)

@@ -196,10 +196,6 @@ class LabelFolderSource(VideoListSource):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.origin!r})"
 
-    def frame_indices(self, video_id: str) -> list[int]:
-        self._check_video(video_id, self._videos)
-        return [i for i, _ in self._videos[video_id]]
-
     def frames(self, video_id: str, start: int = 0, stop: int | None = None) -> Iterator[Frame]:
         for _, (index, path) in self._items(video_id, start, stop, self.origin):
             semantic, instance = self.decode(read_png(path), str(path))
