@@ -192,7 +192,8 @@ class MotsSource(VideoListSource):
         else:
             for seq in sorted(d for d in self.root.iterdir() if (d / "gt" / "gt.txt").is_file()):
                 img = seq / "img1"
-                self._add_txt(seq.name, seq / "gt" / "gt.txt", _numbered(img, IMAGE_EXTENSIONS) if img.is_dir() else None)
+                images = _numbered(img, IMAGE_EXTENSIONS) if img.is_dir() else None
+                self._add_txt(seq.name, seq / "gt" / "gt.txt", images)
         if not self._videos:
             raise DataError(f"{self.root}: no MOTS sequences (instances_txt/*.txt, instances/<seq>/, <seq>/gt/gt.txt)")
 

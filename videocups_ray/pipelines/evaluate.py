@@ -197,18 +197,24 @@ def evaluate(gt_frames: FrameSource, pred_frames: FrameSource, *, cfg: EvalConfi
             yield (str(gt.video_id), int(gt.frame_index), _panoptic(gt, div, "ground truth"),
                    _panoptic(pred, div, "prediction"), gt.depth, pred.depth)
 
-    num_frames, with_depth = 0, True
+    num_frames, with_depth, any_depth, no_depth = 0, True, False, ""
     for video, index, g, p, depth_gt, depth_pred in scored_pairs():
         if matcher is not None:
             p = matcher.apply(p, where=f"video {video!r} frame {index}")
         stq.update(g, p, video, frame_index=index)
         vpq.update(g, p, video, frame_index=index)
-        with_depth = with_depth and depth_gt is not None and depth_pred is not None
+        any_depth = any_depth or depth_gt is not None or depth_pred is not None
+        if with_depth and (depth_gt is None or depth_pred is None):
+            with_depth = False
+            side = "ground truth" if depth_gt is None else "prediction"
+            no_depth = f"video {video!r} frame {index}: {side} has no depth"
         if with_depth:
             dvpq.update(g, p, depth_gt, depth_pred, video, frame_index=index)
         num_frames += 1
     if num_frames == 0:
         raise DataError("no ground-truth frames to evaluate")
+    if any_depth and not with_depth:  # one side has depth: say why there is no DVPQ
+        log.warning("DVPQ not computed (%s); it needs depth on both sides for every frame", no_depth)
 
     s, v = stq.result(), vpq.result()
     result: dict[str, Any] = {
