@@ -26,6 +26,19 @@ def _config(args: argparse.Namespace, extra: list[str] | None = None) -> Config:
     return load_config(args.config, [*(extra or []), *args.overrides])
 
 
+def _check_out(out: str, flag: str = "--out") -> None:
+    """A local output folder must be a folder (or not exist yet); checked before any work starts,
+    and nothing is created here, so a failing command leaves no empty folder behind."""
+    if "://" in out:
+        return  # object storage: the pipeline's pyarrow.fs reports its own errors
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise DataError(f"{flag} {out}: exists and is not a folder")
+    parent = next((p for p in (path, *path.parents) if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise DataError(f"{flag} {out}: {parent} is a file, not a folder")
+
+
 # --------------------------------------------------------------------------- commands
 def cmd_synth(args: argparse.Namespace) -> int:
     from videocups_ray.data.synthdrive import write_synth_dataset
@@ -52,15 +65,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     extra = []
     if args.things is not None:
-        things = [int(t) for t in args.things.split(",") if t.strip()]
+        try:
+            things = [int(t) for t in args.things.split(",") if t.strip()]
+        except ValueError:
+            raise ConfigError(f"--things {args.things!r}: expected comma-separated integer class IDs, e.g. 11,13") from None
         extra.append(f"eval.things={things}")
     cfg = _config(args, extra)
+    if args.json and Path(args.json).is_dir():
+        raise DataError(f"--json {args.json}: is a folder; give a file name, e.g. {Path(args.json) / 'scores.json'}")
     result = evaluate_paths(args.gt, args.pred, fmt=args.format, cfg=cfg.eval,
                             unsupervised=args.unsupervised)
     print(format_report(result))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        try:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(result, indent=2))
+        except OSError as exc:
+            raise DataError(f"--json {args.json}: cannot write the scores ({exc.strerror or exc}); they are printed above") from None
     return 0
 
 
@@ -111,6 +132,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_finetune(args: argparse.Namespace) -> int:
     from videocups_ray.pipelines.train import run_finetune
 
+    if not 0 < args.fraction <= 1:
+        raise ConfigError(f"--fraction {args.fraction:g}: must be in (0, 1] (the share of labelled frames used)")
     cfg = _config(args)
     summary = run_finetune(cfg, args.checkpoint, args.gt, args.fraction, args.out,
                            workers=_workers(args.workers), use_gpu=True if args.gpu else None)
@@ -225,10 +248,20 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        if getattr(args, "out", None) and args.command != "demo":
+            _check_out(args.out)
         return args.func(args)
     except (ConfigError, DataError) as exc:
         print(f"videocups {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the file system refused (read-only folder, disk full, ...): name the path
+        log.debug("file system error", exc_info=True)
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"videocups {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"videocups {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

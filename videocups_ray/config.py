@@ -226,6 +226,14 @@ class ModelConfig(_Section):
     embed_dim: int = Field(128, ge=8)  # tracking embedding size
     min_size: int = Field(256, ge=32)  # input resize, shorter side
     max_size: int = Field(512, ge=32)  # input resize, longer side
+    # RPN (torchvision's Faster R-CNN defaults): one anchor size per FPN level P2..P6, in input pixels
+    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)  # anchor side per level, px (after the resize)
+    anchor_aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)  # height/width of the anchors at every level
+    rpn_fg_iou: float = Field(0.7, gt=0, le=1)  # anchor IoU with a box at or above which it is foreground
+    rpn_bg_iou: float = Field(0.3, ge=0, le=1)  # anchor IoU below which it is background
+    rpn_batch_per_image: int = Field(256, ge=1)  # anchors sampled per image for the RPN loss
+    rpn_positive_fraction: float = Field(0.5, gt=0, le=1)  # of the sampled anchors
+    rpn_nms_threshold: float = Field(0.7, gt=0, le=1)  # proposal NMS IoU
     rpn_pre_nms_train: int = Field(1000, ge=1)  # proposals per FPN level before NMS, training
     rpn_post_nms_train: int = Field(500, ge=1)  # proposals per image after NMS, training
     rpn_pre_nms_test: int = Field(500, ge=1)  # proposals per FPN level before NMS, inference

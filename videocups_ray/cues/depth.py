@@ -19,12 +19,12 @@ camera): call ``reset()`` between videos, and give it the pairs of one video in 
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 from scipy import ndimage
 
-from videocups_ray.config import DepthConfig
 from videocups_ray.cues import geometry as geo
 from videocups_ray.cues.base import (
     DepthResult,
@@ -36,6 +36,9 @@ from videocups_ray.cues.base import (
     intrinsics_of,
 )
 from videocups_ray.data.types import DataError
+
+if TYPE_CHECKING:  # config types only: the pure path imports without pydantic (gpu_check.py)
+    from videocups_ray.config import DepthConfig
 
 log = logging.getLogger(__name__)
 

@@ -15,13 +15,13 @@ Occlusion for ``dis`` and ``raft`` is the forward-backward consistency test of
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from videocups_ray.config import FlowConfig
 from videocups_ray.cues.base import (
     Estimator,
     FlowResult,
@@ -32,6 +32,9 @@ from videocups_ray.cues.base import (
 )
 from videocups_ray.cues.checkpoints import NetEstimator, load_checkpoint, require_checkpoint
 from videocups_ray.data.types import DataError
+
+if TYPE_CHECKING:  # config types only: the pure path imports without pydantic (gpu_check.py)
+    from videocups_ray.config import FlowConfig
 
 log = logging.getLogger(__name__)
 

@@ -8,14 +8,17 @@ module adds the input checks, the border clean-up and the per-frame proposal ass
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from videocups_ray import kernels
-from videocups_ray.config import LabelingConfig
 from videocups_ray.data.types import DataError
 from videocups_ray.labeling.semantics import SemanticLabeler
 from videocups_ray.labeling.types import FrameCues, FrameProposal
+
+if TYPE_CHECKING:  # config types only: the pure path imports without pydantic (gpu_check.py)
+    from videocups_ray.config import LabelingConfig
 
 log = logging.getLogger(__name__)
 _warned_backward_flow = False
