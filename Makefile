@@ -8,7 +8,7 @@ export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
 export RAY_AUTH_MODE ?= disabled
 export MPLBACKEND ?= Agg
 
-.PHONY: demo test test-slow install install-test bench clean
+.PHONY: demo test test-slow install install-test bench gpu-check gpu-check-dry-run clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,15 @@ test-slow: $(VENV)/.installed-test
 
 bench: $(VENV)/.installed
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# The one prepared GPU check (benchmarks/gpu_check.py): run on the GPU machine with its own
+# python3 (torch, CuPy, Numba; no Ray, no pydantic, so no venv). The dry run is in `make test`.
+GPU_PYTHON ?= python3
+gpu-check:
+	$(GPU_PYTHON) benchmarks/gpu_check.py --out runs/gpu_check.md $(ARGS)
+
+gpu-check-dry-run:
+	$(GPU_PYTHON) benchmarks/gpu_check.py --dry-run --out runs/gpu_check_dry_run.md
 
 clean:
 	rm -rf runs .cache
