@@ -44,7 +44,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import shutil
 import statistics
 import subprocess
@@ -330,10 +329,9 @@ def run_cues(dev: Device, budget: Budget, rep: Report, size: tuple[int, int], re
                 bf16, n = time_call(lambda: call(est), dev.sync, budget, reps)
             rep.add(sec, name, f"{hh}x{ww}", f"{1 / bf16:.1f} frames/s", ratio=f"{fp32 / bf16:.2f}x vs fp32",
                     note=f"bf16 autocast + channels-last, median of {n}")
-            del est
-            if not dev.dry_run:
-                torch.cuda.empty_cache()
         rep.guard(sec, name, f"{h}x{w}", timed)
+        if not dev.dry_run:
+            torch.cuda.empty_cache()  # the estimator of ``timed`` is gone: free its memory for the next
 
 
 # --------------------------------------------------------------------------- 4: tracker step

@@ -60,3 +60,13 @@ def tiny_local(tmp_path_factory):
     out = tmp_path_factory.mktemp("local") / "shards"
     run_local(cfg, MemorySource(frames), out, progress=False)
     return cfg, frames, out, np.load(out / "centroids.npy")
+
+
+@pytest.fixture(scope="session")
+def quick_demo(tmp_path_factory) -> Path:
+    """One ``videocups demo --quick`` run folder shared by the CLI and report tests (minutes)."""
+    from videocups_ray.cli import main
+
+    run = tmp_path_factory.mktemp("demo") / "run"
+    assert main(["demo", "--out", str(run), "--quick"]) == 0
+    return run

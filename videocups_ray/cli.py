@@ -60,6 +60,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from videocups_ray.pipelines.report import write_run_report
+
+    print(f"report: {write_run_report(_config(args), args.run, gt=args.gt)}")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from videocups_ray.pipelines.evaluate import evaluate_paths, format_report
 
@@ -172,6 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="smallest corpus, for smoke tests")
     _add_config_args(p)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("report", help="write RUN/report/index.html for a run folder (demo, shards, training, predictions)")
+    p.add_argument("run", help="run folder: a demo run, a pseudolabel/infer --out, or a train --out")
+    p.add_argument("--gt", help="ground-truth folder for scores and matched class colours (not needed for a demo run)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("pseudolabel", help="pseudo-label a corpus into Parquet shards")
     p.add_argument("--input", required=True,
