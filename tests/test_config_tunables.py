@@ -66,3 +66,20 @@ def test_min_inlier_fraction_decides_the_plane_fit():
     pts = np.concatenate([road, clutter])
     assert geo.fit_ground_plane(pts, np.random.default_rng(1), min_inlier_fraction=0.3) is not None
     assert geo.fit_ground_plane(pts, np.random.default_rng(1), min_inlier_fraction=0.9) is None
+
+
+def test_backward_flow_stand_in_is_reported_for_every_video(caplog):
+    """No module-level "warned once" flag: the second video's last frame is reported too."""
+    from videocups_ray.labeling.instances import _growth_flow
+    from videocups_ray.labeling.types import FrameCues
+
+    h, w = 8, 12
+    flow = np.ones((h, w, 2), np.float32)
+    feats = np.ones((3, 2, 3), np.float32) / np.sqrt(3)
+    caplog.set_level("INFO", logger="videocups_ray.labeling.instances")
+    for video in ("a", "b"):
+        cues = FrameCues(video, 5, np.ones((h, w), np.float32), np.zeros((h, w), np.float32), None, flow,
+                         None, None, feats)
+        np.testing.assert_array_equal(_growth_flow(cues), -flow)
+    assert [r.getMessage().split(" has no")[0] for r in caplog.records] == [
+        f"instances: {FrameCues(v, 5, None, None, None, None, None, None, None).name}" for v in ("a", "b")]
