@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        if getattr(args, "out", None) and args.command != "demo":
+        if getattr(args, "out", None):
             _check_out(args.out)
         return args.func(args)
     except (ConfigError, DataError) as exc:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -100,12 +101,15 @@ def section_labels(report: HtmlReport, title: str, gt_frames: list[Frame], label
                           *_views(frame, label, mapping, name, raw=raw)], width=320)
 
 
-def section_clips(report: HtmlReport, gt_frames: list[Frame], sources: dict[str, tuple[dict, dict[str, dict]]]) -> None:
+def section_clips(report: HtmlReport, gt_frames: list[Frame], sources: dict[str, tuple[dict, dict | None]],
+                  *, corpus: str = "", heading: bool = True) -> None:
     """One animated clip per sequence: image | GT | every label kind in its matched GT colours, with
-    track IDs. ``sources``: kind -> (labels by (video, frame), matching by video)."""
-    report.heading("Clips per sequence (tracking)")
-    report.text("Looping clips of the first frames of each sequence; the numbers are track IDs, so an ID "
-                "that changes on one object is a tracking error.")
+    track IDs. ``sources``: kind -> (labels by (video, frame), matching); ``corpus`` names the set
+    (file prefix and caption), since two corpora may reuse video IDs."""
+    if heading:
+        report.heading("Clips per sequence (tracking)")
+        report.text("Looping clips of the first frames of each sequence; the numbers are track IDs, so an ID "
+                    "that changes on one object is a tracking error.")
     by_video: dict[str, list[Frame]] = defaultdict(list)
     for f in gt_frames:
         if len(by_video[f.video_id]) < CLIP_FRAMES:
@@ -116,13 +120,14 @@ def section_clips(report: HtmlReport, gt_frames: list[Frame], sources: dict[str,
         for f in frames:
             panels = [("image", f.image), ("ground truth", colorize_panoptic(f.semantic, f.instance, image=f.image))]
             for kind in kinds:
-                labels, mappings = sources[kind]
+                labels, mapping = sources[kind]
                 lab = labels.get((video, f.frame_index))
-                panels += _views(f, lab, mappings.get(video), kind, raw=False)[:1]
+                panels += _views(f, lab, mapping, kind, raw=False)[:1]
             strips.append(hstack_labelled(panels))
-        rel = f"clips/{video}.webp"
+        rel = f"clips/{corpus + '_' if corpus else ''}{video}.webp"
         write_webp(strips, report.out_dir / rel)
-        report.animation(rel, f"sequence {video}: image | ground truth | {' | '.join(kinds)}")
+        report.animation(rel, f"{corpus + ' ' if corpus else ''}sequence {video}: image | ground truth | "
+                              f"{' | '.join(kinds)}")
 
 
 def cue_errors(cfg: Config, frames: list[Frame], max_pairs: int = 6) -> tuple[dict, dict, list]:
@@ -220,9 +225,18 @@ def _preds(folder: str | Path) -> dict:
     return _labels_by_key(load_label_dir(folder, "kitti-step"))
 
 
+def _fresh_report(run: Path, title: str) -> HtmlReport:
+    """A new report in ``run/report``; files of an earlier report there (ours) are removed first, so
+    no stale image or clip survives a rewrite."""
+    folder = run / "report"
+    if folder.is_dir():
+        shutil.rmtree(folder)
+    return HtmlReport(folder, title)
+
+
 def write_demo_report(cfg: Config, run: Path, summary: dict) -> Path:
     """The demo's report from its run folder and ``demo_summary.json``."""
-    report = HtmlReport(run / "report", "videocups-ray demo")
+    report = _fresh_report(run, "videocups-ray demo")
     p = summary["paths"]
     report.text(f"videocups-ray {__version__}; config hash {summary.get('config_hash')}; corpus {p['corpus']} "
                 f"(held-out {p['val']}); pseudo-labels {p['pseudo']}; model {p['model']}; predictions {p['preds']}.")
@@ -234,25 +248,27 @@ def write_demo_report(cfg: Config, run: Path, summary: dict) -> Path:
                  [[n, s["STQ"], s["AQ"], s["SQ"], s.get("VPQ")] for n, s in
                   (("pseudo-labels, training corpus", scores["pseudo"]), ("pseudo-labels, held-out", scores["pseudo_val"]),
                    ("model, held-out", scores["model"]))])
-    report.figure(plots.scores_per_sequence({"pseudo-labels": {**scores["pseudo"]["per_sequence"],
-                                                               **scores["pseudo_val"]["per_sequence"]},
-                                             "model": scores["model"]["per_sequence"]}),
-                  "STQ / AQ / SQ per sequence (held-out sequence: last)")
+    def named(per_seq: dict, corpus: str) -> dict:
+        return {f"{corpus} {k}": v for k, v in per_seq.items()}  # both corpora number videos from 0000
+    report.figure(plots.scores_per_sequence({"pseudo-labels": {**named(scores["pseudo"]["per_sequence"], "train"),
+                                                               **named(scores["pseudo_val"]["per_sequence"], "held-out")},
+                                             "model": named(scores["model"]["per_sequence"], "held-out")}),
+                  "STQ / AQ / SQ per sequence")
     report.figure(plots.class_iou_bars({"pseudo-labels (held-out)": scores["pseudo_val"]["per_class_iou"],
                                         "model (held-out)": scores["model"]["per_class_iou"]}),
                   "per-class IoU after the unsupervised matching")
-    # each sequence is coloured with the matching fitted on its own evaluation set
-    pseudo_maps = {**{f.video_id: scores["pseudo"].get("mapping") for f in corpus},
-                   **{f.video_id: scores["pseudo_val"].get("mapping") for f in val}}
-    section_clips(report, corpus + val, {"pseudo-label": ({**pseudo, **pseudo_val}, pseudo_maps),
-                                         "model": (preds, {f.video_id: scores["model"].get("mapping") for f in val})})
+    # each corpus is coloured with the matching fitted on its own evaluation
+    section_clips(report, corpus, {"pseudo-label": (pseudo, scores["pseudo"].get("mapping"))}, corpus="train")
+    section_clips(report, val, {"pseudo-label": (pseudo_val, scores["pseudo_val"].get("mapping")),
+                                "model": (preds, scores["model"].get("mapping"))}, corpus="held-out", heading=False)
     section_labels(report, "Pseudo-labels (no human label used)", corpus, pseudo, scores["pseudo"], "pseudo-label",
                    raw=True)
     section_labels(report, "VPS model on the held-out sequence", val, preds, scores["model"], "model", raw=False)
     section_training(report, Path(p["train"]))
     section_cues(report, cfg, val)
     report.heading("Pipeline: time per stage")
-    report.figure(plots.stage_times(summary["timings"], summary.get("utilisation")),
+    stages = {k: v for k, v in summary["timings"].items() if k != "total"}
+    report.figure(plots.stage_times(stages, summary.get("utilisation")),
                   "wall seconds per demo stage; busy share of each pseudo-labelling actor kind")
     report.table(["stage", "seconds"], [[k, round(v, 2)] for k, v in summary["timings"].items()])
     section_gt(report, corpus)
@@ -274,7 +290,7 @@ def write_run_report(cfg: Config, run: str | Path, gt: str | Path | None = None)
     if not any(found.values()):
         raise DataError(f"run folder {run}: no run found (expected {DEMO_SUMMARY}, manifest.json, metrics.jsonl "
                         "or panoptic/)")
-    report = HtmlReport(run / "report", f"videocups-ray run {run.name}")
+    report = _fresh_report(run, f"videocups-ray run {run.name}")
     report.text(f"videocups-ray {__version__}; run folder {run}; ground truth {gt or '(none given: no scores)'}.")
     gt_frames = _frames(gt) if gt else []
     if found["shards"] or found["preds"]:
@@ -284,7 +300,7 @@ def write_run_report(cfg: Config, run: str | Path, gt: str | Path | None = None)
             scores = evaluate_paths(str(gt), str(run), fmt="kitti-step", cfg=cfg.eval, unsupervised=True)
             report.figure(plots.scores_per_sequence({name: scores["per_sequence"]}), "STQ / AQ / SQ per sequence")
             report.figure(plots.class_iou_bars({name: scores["per_class_iou"]}), "per-class IoU after matching")
-            section_clips(report, gt_frames, {name: (labels, {f.video_id: scores.get("mapping") for f in gt_frames})})
+            section_clips(report, gt_frames, {name: (labels, scores.get("mapping"))})
             section_labels(report, f"{name}s", gt_frames, labels, scores, name, raw=found["shards"])
         else:
             report.heading(f"{name}s (no ground truth given: raw classes)")

@@ -17,12 +17,18 @@ import numpy as np  # noqa: E402
 from videocups_ray.viz.overlays import CITYSCAPES_NAMES  # noqa: E402
 
 
+# numeric fields of a metrics.jsonl record that are not losses (pipelines/train_loop.py)
+_NOT_LOSSES = {"step", "epoch", "steps_per_s", "images_per_s", "compute_s_per_step", "workers", "pasted_tubes",
+               "resumed_from", "time"}
+
+
 def loss_curves(records: Sequence[Mapping[str, float]]):
     """Total and per-head training losses against the step (``metrics.jsonl`` records)."""
     rows = [r for r in records if "loss" in r and "step" in r]
     if not rows:
         raise ValueError("no training record holds both 'step' and 'loss'")
-    keys = ["loss"] + sorted({k for r in rows for k in r if k.startswith("loss_")})
+    keys = ["loss"] + sorted({k for r in rows for k, v in r.items()
+                              if isinstance(v, float) and k not in _NOT_LOSSES and k != "loss"})
     fig, ax = plt.subplots(figsize=(7, 3.6))
     steps = [r["step"] for r in rows]
     for k in keys:
