@@ -275,14 +275,17 @@ def main() -> None:
     print(f"  zero flow (baseline)   {fl['medium']['zero_epe']:6.2f}  {fl['medium']['zero_fl']:7.1f}")
 
     print("\ndepth+motion           AbsRel st  d<1.25 st  AbsRel mov  d<1.25 mov  motion IoU  ms/frame")
+    depth_runs = {}
     for fb, contact in (("dis", None), ("dis", 1.4), ("oracle", 1.4), ("oracle", None)):
-        d = bench_depth(seqs, fb, DepthConfig(contact_ratio=contact))
+        d = depth_runs[(fb, contact)] = bench_depth(seqs, fb, DepthConfig(contact_ratio=contact))
         name = fb + ("+contact" if contact else "")
         print(f"  geometry on {name:<9} {d['absrel_static']:9.3f}  {d['d125_static']:9.3f}  {d['absrel_moving']:10.3f}"
               f"  {d['d125_moving']:10.3f}  {d['iou']:10.3f}  {d['ms']:8.1f}")
     print(f"  flat-ground prior      {d['prior_static']:9.3f}             {d['prior_moving']:10.3f}"
           f"              {d['base_iou']:10.3f}  (baseline; IoU: |flow| > 2x median)")
-    depth_ms = d["ms"]
+    # the defaults' depth stage: geometry on DIS flow, no contact cue (DepthConfig() / FlowConfig())
+    default_key = (FlowConfig().backend, DepthConfig().contact_ratio)
+    depth_ms = depth_runs[default_key]["ms"]
 
     f = bench_features(seqs, args.quick)
     print("\nfeatures k-means(27) matched mIoU: handmade high {:.3f}, low {:.3f}, with oracle depth {:.3f};"

@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench_labeling import reference_kernels  # same folder: the baseline kernels swap
+
 from videocups_ray.config import Config, load_config, with_overrides
 from videocups_ray.data.encodings import write_png
 from videocups_ray.data.formats import open_source
@@ -100,12 +102,15 @@ def compute_cues(cfg: Config, source) -> tuple[dict, float]:
     return cues, time.perf_counter() - t
 
 
-def label_throughput(cfg: Config, cues: dict, centroids: np.ndarray) -> float:
+def label_throughput(cfg: Config, cues: dict, centroids: np.ndarray, videos: list | None = None) -> float:
+    """Frames/s of the labeling step alone (cues given) over ``videos`` (default: all)."""
     stage = LabelStage(cfg, centroids)
     stage.setup()
     n = 0
     t = time.perf_counter()
     for vid, items in cues.items():
+        if videos is not None and vid not in videos:
+            continue
         stage.reset()
         for _, c in items:
             n += len(stage.push(c))
@@ -150,13 +155,20 @@ def bench_synth(base: Config, out: Path, quick: bool, paper: Config | None) -> N
                 base_res = res
                 cents = np.load(summary["centroids"])
                 fps = label_throughput(vcfg, cues, cents)
+                # baseline of the same run: the same step on the plain numpy reference kernels, on the
+                # first video (the reference is slow); the Numba step is timed again on that video
+                first = [next(iter(cues))]
+                fps_first = label_throughput(vcfg, cues, cents, first)
+                with reference_kernels():
+                    fps_ref = label_throughput(vcfg, cues, cents, first)
                 things = summary["thing_classes"]
         if paper is not None:
             pcfg = with_overrides(paper, synth=synth, cues=cue_cfg)
             _, res = run_variant(pcfg, source, cues, out / "synth" / mode / "paper")
             print(fmt_row("paper parameters (config.py)", res, base_res), flush=True)
-        print(f"  thing pseudo-classes: {things}; labeling step (cues given) {fps:.1f} frames/s "
-              f"({fps / 15:.2f}x the 15 frames/s target)   loadavg {os.getloadavg()[0]:.2f}")
+        print(f"  thing pseudo-classes: {things}; labeling step (cues given) {fps:.1f} frames/s; "
+              f"first video {fps_first:.1f} vs {fps_ref:.1f} frames/s on the reference kernels "
+              f"({fps_first / fps_ref:.2f}x, same run; target 15 frames/s)   loadavg {os.getloadavg()[0]:.2f}")
 
 
 def bench_kitti(base: Config, out: Path) -> None:

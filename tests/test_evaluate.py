@@ -15,15 +15,12 @@ from videocups_ray.data.encodings import encode_cityscapes_panoptic, encode_kitt
 from videocups_ray.data.types import DataError, Frame
 from videocups_ray.pipelines.evaluate import evaluate, evaluate_paths, format_report, load_label_dir
 
-KITTI_SAMPLE = Path("/work/shared/data/kitti_step_0001")
 CFG = EvalConfig()
 
 
 @pytest.fixture(scope="module")
-def kitti_frames() -> list[Frame]:
-    if not (KITTI_SAMPLE / "panoptic").is_dir():
-        pytest.skip(f"KITTI-STEP sample missing at {KITTI_SAMPLE}")
-    return list(load_label_dir(KITTI_SAMPLE, "kitti-step"))
+def kitti_frames(kitti_sample) -> list[Frame]:
+    return list(load_label_dir(kitti_sample, "kitti-step"))
 
 
 def renamed(frames: list[Frame], table: np.ndarray) -> list[Frame]:
@@ -118,7 +115,7 @@ def test_extra_predictions_are_reported(caplog):
     assert "1 prediction frame(s) have no ground-truth" in caplog.text
 
 
-def test_label_folders_and_report(tmp_path):
+def test_label_folders_and_report(tmp_path, kitti_sample):
     rng = np.random.default_rng(1)
     for seq in ("0002", "0007"):
         for t in range(3):
@@ -139,13 +136,12 @@ def test_label_folders_and_report(tmp_path):
     for needle in ("STQ", "VPQ per window", "0007", "13 car", "113->13H"):
         assert needle in text
     # A full dataset folder is read with the data layer's reader; predictions from label PNGs.
-    if (KITTI_SAMPLE / "images").is_dir():
-        pred_dir = tmp_path / "kpred" / "panoptic" / "kitti_step_0001"
-        for f in sorted((KITTI_SAMPLE / "panoptic").glob("*.png")):
-            pred_dir.mkdir(parents=True, exist_ok=True)
-            (pred_dir / f.name).write_bytes(f.read_bytes())
-        rk = evaluate_paths(KITTI_SAMPLE, tmp_path / "kpred", fmt="kitti-step", cfg=CFG)
-        assert rk["STQ"] == pytest.approx(1.0) and rk["num_frames"] == 10
+    pred_dir = tmp_path / "kpred" / "panoptic" / "kitti_step_0001"
+    for f in sorted((kitti_sample / "panoptic").glob("*.png")):
+        pred_dir.mkdir(parents=True, exist_ok=True)
+        (pred_dir / f.name).write_bytes(f.read_bytes())
+    rk = evaluate_paths(kitti_sample, tmp_path / "kpred", fmt="kitti-step", cfg=CFG)
+    assert rk["STQ"] == pytest.approx(1.0) and rk["num_frames"] == 10
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no label PNGs"):
         list(load_label_dir(tmp_path / "empty", "kitti-step"))

@@ -17,6 +17,7 @@ from videocups_ray.model import (
     drop_loss_weights,
     frame_targets,
     load_backbone_checkpoint,
+    load_backbone_state,
     load_checkpoint,
     save_checkpoint,
 )
@@ -240,3 +241,14 @@ def test_bad_targets_name_the_key(batch):
         model(batch["images"], targets)
     with pytest.raises(ValueError, match="cascade_ious"):
         build_model(tiny_cfg(cascade_ious=(0.5, 0.6)), 3, 2)
+
+
+def test_backbone_checkpoint_with_no_matching_key_is_an_error(tmp_path):
+    """A file for another network loads nothing: an error listing missing and unexpected keys."""
+    body = ResNetFPN("resnet18", 8).body
+    foreign = {"encoder.blocks.0.attn.qkv.weight": torch.zeros(3, 3), "head.weight": torch.zeros(2)}
+    with pytest.raises(CheckpointError, match=r"no key matches.*missing: .*conv1.weight.*unexpected: .*head.weight"):
+        load_backbone_state(body, foreign, source="vit.pth")
+    torch.save(foreign, tmp_path / "vit.pth")
+    with pytest.raises(CheckpointError, match="vit.pth"):
+        load_backbone_checkpoint(body, tmp_path / "vit.pth")

@@ -13,15 +13,13 @@ from videocups_ray.metrics import STQ
 
 SHIFT = 16
 DIV = 1 << SHIFT
-KITTI_SAMPLE = Path("/work/shared/data/kitti_step_0001")
 
 
 @pytest.fixture(scope="module")
-def kitti_panoptic() -> list[np.ndarray]:
+def kitti_panoptic(kitti_sample) -> list[np.ndarray]:
     """The 10 real KITTI-STEP ground-truth frames as panoptic maps."""
-    files = sorted((KITTI_SAMPLE / "panoptic").glob("*.png"))
-    if not files:
-        pytest.skip(f"KITTI-STEP sample missing at {KITTI_SAMPLE}")
+    files = sorted((kitti_sample / "panoptic").glob("*.png"))
+    assert files, f"no panoptic PNGs in {kitti_sample}"
     out = []
     for f in files:
         sem, inst = decode_kitti_panoptic(read_png(f), str(f))

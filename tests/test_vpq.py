@@ -13,7 +13,6 @@ from videocups_ray.metrics import VPQ
 
 DIV = 1 << 16
 V = 255  # void / ignore class
-KITTI_SAMPLE = Path("/work/shared/data/kitti_step_0001")
 
 
 def pan(semantic, instance=0) -> np.ndarray:
@@ -147,10 +146,9 @@ def test_tubes_keep_identity_across_a_longer_window():
     assert w["per_class"][2] == {"PQ": pytest.approx(4 / 9), "TP": 2, "FP": 2, "FN": 0}
 
 
-def test_perfect_prediction_on_real_kitti_frames():
-    files = sorted((KITTI_SAMPLE / "panoptic").glob("*.png"))
-    if not files:
-        pytest.skip(f"KITTI-STEP sample missing at {KITTI_SAMPLE}")
+def test_perfect_prediction_on_real_kitti_frames(kitti_sample):
+    files = sorted((kitti_sample / "panoptic").glob("*.png"))
+    assert files, f"no panoptic PNGs in {kitti_sample}"
     m = VPQ(19, [11, 13], 255, DIV, window_sizes=(1, 2, 3, 4))
     for t, f in enumerate(files):
         sem, inst = decode_kitti_panoptic(read_png(f), str(f))

@@ -27,6 +27,19 @@ def _config(args: argparse.Namespace, extra: list[str] | None = None) -> Config:
     return load_config(args.config, [*(extra or []), *args.overrides])
 
 
+def _check_out(out: str, flag: str = "--out") -> None:
+    """A local output folder must be a folder (or not exist yet); checked before any work starts,
+    and nothing is created here, so a failing command leaves no empty folder behind."""
+    if "://" in out:
+        return  # object storage: the pipeline's pyarrow.fs reports its own errors
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise DataError(f"{flag} {out}: exists and is not a folder")
+    parent = next((p for p in (path, *path.parents) if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise DataError(f"{flag} {out}: {parent} is a file, not a folder")
+
+
 # --------------------------------------------------------------------------- commands
 def cmd_synth(args: argparse.Namespace) -> int:
     from videocups_ray.data.synthdrive import write_synth_dataset
@@ -48,23 +61,38 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from videocups_ray.pipelines.report import write_run_report
+
+    print(f"report: {write_run_report(_config(args), args.run, gt=args.gt)}")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from videocups_ray.pipelines.evaluate import evaluate_paths, format_report
 
     extra = []
     if args.things is not None:
-        things = [int(t) for t in args.things.split(",") if t.strip()]
+        try:
+            things = [int(t) for t in args.things.split(",") if t.strip()]
+        except ValueError:
+            raise ConfigError(f"--things {args.things!r}: expected comma-separated integer class IDs, e.g. 11,13") from None
         extra.append(f"eval.things={things}")
     if args.protocol:
         extra.append(f"eval.protocol={args.protocol}")
     cfg = _config(args, extra)
+    if args.json and Path(args.json).is_dir():
+        raise DataError(f"--json {args.json}: is a folder; give a file name, e.g. {Path(args.json) / 'scores.json'}")
     result = evaluate_paths(args.gt, args.pred, fmt=args.format, gt_format=args.gt_format,
                             pred_format=args.pred_format, cfg=cfg.eval, unsupervised=args.unsupervised,
                             datasets=cfg.datasets)
     print(format_report(result))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        try:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(result, indent=2))
+        except OSError as exc:
+            raise DataError(f"--json {args.json}: cannot write the scores ({exc.strerror or exc}); they are printed above") from None
     return 0
 
 
@@ -115,6 +143,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_finetune(args: argparse.Namespace) -> int:
     from videocups_ray.pipelines.train import run_finetune
 
+    if not 0 < args.fraction <= 1:
+        raise ConfigError(f"--fraction {args.fraction:g}: must be in (0, 1] (the share of labelled frames used)")
     cfg = _config(args)
     summary = run_finetune(cfg, args.checkpoint, args.gt, args.fraction, args.out,
                            workers=_workers(args.workers), use_gpu=True if args.gpu else None)
@@ -153,6 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="smallest corpus, for smoke tests")
     _add_config_args(p)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("report", help="write RUN/report/index.html for a run folder (demo, shards, training, predictions)")
+    p.add_argument("run", help="run folder: a demo run, a pseudolabel/infer --out, or a train --out")
+    p.add_argument("--gt", help="ground-truth folder for scores and matched class colours (not needed for a demo run)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("pseudolabel", help="pseudo-label a corpus into Parquet shards")
     p.add_argument("--input", required=True,
@@ -233,10 +269,20 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        if getattr(args, "out", None):
+            _check_out(args.out)
         return args.func(args)
     except (ConfigError, DataError) as exc:
         print(f"videocups {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the file system refused (read-only folder, disk full, ...): name the path
+        log.debug("file system error", exc_info=True)
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"videocups {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"videocups {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -75,6 +75,9 @@ class FlowConfig(_Section):
     dis_preset: Literal["ultrafast", "fast", "medium"] = "medium"  # chosen by bench_cues.py
     raft_arch: Literal["raft_small", "raft_large"] = "raft_small"  # torchvision layout
     raft_iters: int = Field(12, ge=1)  # RAFT refinement iterations
+    # fw-bw consistency (DESIGN.md 4.1): occluded where |fw + bw(x+fw)|^2 >= alpha1 (|fw|^2 + |bw|^2) + alpha2
+    occlusion_alpha1: float = Field(0.01, ge=0)  # relative tolerance (paper: 0.01)
+    occlusion_alpha2: float = Field(0.5, ge=0)  # absolute tolerance, px^2 (paper: 0.5)
     checkpoint: str | None = None  # local .pt/.safetensors for learned backends
     device: str = "cpu"  # "cpu", "cuda", "cuda:1"
     batch_size: int = Field(4, ge=1)  # frame pairs per call
@@ -97,6 +100,14 @@ class DepthConfig(_Section):
     # depth / ground-contact depth ratio (either way) giving motion prob 0.5; None = cue off. bench_cues.py:
     # on oracle flow motion IoU 0.23 -> 0.57, on DIS flow recall up but false positives on trees (off by default)
     contact_ratio: float | None = Field(None, gt=1.15)
+    # road-plane fit (metric scale): RANSAC over static triangulated points of the lower-central image
+    plane_rows_below: float = Field(0.15, ge=0, lt=0.5)  # candidates start this fraction of the height below the centre
+    plane_half_width: float = Field(0.35, gt=0, le=0.5)  # ... within this fraction of the width either side of it
+    plane_max_points: int = Field(2000, ge=20)  # candidates sampled for the fit
+    plane_ransac_iters: int = Field(64, ge=1)  # RANSAC hypotheses (3-point planes)
+    plane_inlier_tol: float = Field(0.03, gt=0)  # inlier distance, relative to the median |y| of the points
+    plane_min_vertical: float = Field(0.9, gt=0, le=1)  # min y component of the unit normal (near-horizontal road)
+    plane_min_inliers: float = Field(0.2, gt=0, le=1)  # min inlier fraction; below it the fit fails (prior used)
     encoder: Literal["resnet18", "resnet50"] = "resnet18"  # learned backend
     checkpoint: str | None = None
     device: str = "cpu"
@@ -243,6 +254,14 @@ class ModelConfig(_Section):
     embed_dim: int = Field(128, ge=8)  # tracking embedding size
     min_size: int = Field(256, ge=32)  # input resize, shorter side
     max_size: int = Field(512, ge=32)  # input resize, longer side
+    # RPN (torchvision's Faster R-CNN defaults): one anchor size per FPN level P2..P6, in input pixels
+    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)  # anchor side per level, px (after the resize)
+    anchor_aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)  # height/width of the anchors at every level
+    rpn_fg_iou: float = Field(0.7, gt=0, le=1)  # anchor IoU with a box at or above which it is foreground
+    rpn_bg_iou: float = Field(0.3, ge=0, le=1)  # anchor IoU below which it is background
+    rpn_batch_per_image: int = Field(256, ge=1)  # anchors sampled per image for the RPN loss
+    rpn_positive_fraction: float = Field(0.5, gt=0, le=1)  # of the sampled anchors
+    rpn_nms_threshold: float = Field(0.7, gt=0, le=1)  # proposal NMS IoU
     rpn_pre_nms_train: int = Field(1000, ge=1)  # proposals per FPN level before NMS, training
     rpn_post_nms_train: int = Field(500, ge=1)  # proposals per image after NMS, training
     rpn_pre_nms_test: int = Field(500, ge=1)  # proposals per FPN level before NMS, inference

@@ -19,12 +19,12 @@ camera): call ``reset()`` between videos, and give it the pairs of one video in 
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 from scipy import ndimage
 
-from videocups_ray.config import DepthConfig
 from videocups_ray.cues import geometry as geo
 from videocups_ray.cues.base import (
     DepthResult,
@@ -36,6 +36,9 @@ from videocups_ray.cues.base import (
     intrinsics_of,
 )
 from videocups_ray.data.types import DataError
+
+if TYPE_CHECKING:  # config types only: the pure path imports without pydantic (gpu_check.py)
+    from videocups_ray.config import DepthConfig
 
 log = logging.getLogger(__name__)
 
@@ -173,15 +176,17 @@ class GeometryDepth(Estimator):
     def _fit_plane(self, z: np.ndarray, rays: np.ndarray, static: np.ndarray,
                    rng: np.random.Generator) -> geo.Plane | None:
         """Plane through static triangulated points of the lower-central image (the road ahead)."""
+        cfg = self.cfg
         h, w = z.shape
         cy, cx = h / 2.0, w / 2.0
         v, u = np.mgrid[0:h, 0:w]
-        cand = static & (v > cy + 0.15 * h) & (np.abs(u - cx) < 0.35 * w)
+        cand = static & (v > cy + cfg.plane_rows_below * h) & (np.abs(u - cx) < cfg.plane_half_width * w)
         idx = np.flatnonzero(cand)
-        if len(idx) > 2000:
-            idx = rng.choice(idx, 2000, replace=False)
+        if len(idx) > cfg.plane_max_points:
+            idx = rng.choice(idx, cfg.plane_max_points, replace=False)
         pts = (z.reshape(-1)[idx, None] * rays.reshape(-1, 3)[idx]).astype(np.float64)
-        return geo.fit_ground_plane(pts, rng)
+        return geo.fit_ground_plane(pts, rng, iters=cfg.plane_ransac_iters, rel_threshold=cfg.plane_inlier_tol,
+                                    min_vertical=cfg.plane_min_vertical, min_inlier_fraction=cfg.plane_min_inliers)
 
     def _contact_motion(self, depth: np.ndarray, zp: np.ndarray, reliable: np.ndarray,
                         parallax: np.ndarray) -> np.ndarray:

@@ -26,14 +26,16 @@ Both return a :class:`FeatureResult` with the two passes the semantic step fuses
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import cv2
 import numpy as np
 
-from videocups_ray.config import FeatureConfig
 from videocups_ray.cues.base import Estimator, FeatureResult, FrameBatch, as_images, intrinsics_of
 from videocups_ray.data.types import DataError
+
+if TYPE_CHECKING:  # config types only: the pure path imports without pydantic (gpu_check.py)
+    from videocups_ray.config import FeatureConfig
 
 _TEXTURE_CHANNELS = 9  # (dx^2, dy^2, laplacian^2) x 3 scales
 _GEOMETRY_CHANNELS = 7

@@ -15,13 +15,13 @@ Occlusion for ``dis`` and ``raft`` is the forward-backward consistency test of
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from videocups_ray.config import FlowConfig
 from videocups_ray.cues.base import (
     Estimator,
     FlowResult,
@@ -33,6 +33,9 @@ from videocups_ray.cues.base import (
 from videocups_ray.cues.checkpoints import NetEstimator, load_checkpoint, require_checkpoint
 from videocups_ray.data.types import DataError
 
+if TYPE_CHECKING:  # config types only: the pure path imports without pydantic (gpu_check.py)
+    from videocups_ray.config import FlowConfig
+
 log = logging.getLogger(__name__)
 
 _DIS_PRESETS = {
@@ -42,12 +45,15 @@ _DIS_PRESETS = {
 }
 
 
-def occlusion_masks(fw: np.ndarray, bw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Forward and backward occlusion (True = occluded) for ``N x H x W x 2`` flow batches."""
+def occlusion_masks(fw: np.ndarray, bw: np.ndarray, alpha1: float = 0.01, alpha2: float = 0.5
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Forward and backward occlusion (True = occluded) for ``N x H x W x 2`` flow batches;
+    ``alpha1``/``alpha2``: ``cues.flow.occlusion_alpha1/2`` (the paper's 0.01 and 0.5 px^2)."""
     from videocups_ray.kernels import occlusion_mask
 
-    occ_fw = np.stack([np.asarray(occlusion_mask(f, b), dtype=bool) for f, b in zip(fw, bw)])
-    occ_bw = np.stack([np.asarray(occlusion_mask(b, f), dtype=bool) for f, b in zip(fw, bw)])
+    kw = {"alpha1": alpha1, "alpha2": alpha2}
+    occ_fw = np.stack([np.asarray(occlusion_mask(f, b, **kw), dtype=bool) for f, b in zip(fw, bw)])
+    occ_bw = np.stack([np.asarray(occlusion_mask(b, f, **kw), dtype=bool) for f, b in zip(fw, bw)])
     return occ_fw, occ_bw
 
 
@@ -66,18 +72,19 @@ class DisFlow(Estimator):
 
     name = "dis"
 
-    def __init__(self, preset: str = "medium") -> None:
+    def __init__(self, preset: str = "medium", *, occlusion: tuple[float, float] = (0.01, 0.5)) -> None:
         super().__init__()
         if preset not in _DIS_PRESETS:
             raise ValueError(f"DisFlow: unknown preset {preset!r}; known: {sorted(_DIS_PRESETS)}")
         self.preset = preset
+        self.occlusion = occlusion  # (alpha1, alpha2) of the fw-bw consistency test
         self.requires_gpu = False
         self.memory_bytes = 64 * 1024**2
         self._dis: cv2.DISOpticalFlow | None = None
 
     @classmethod
     def from_config(cls, cfg: FlowConfig) -> "DisFlow":
-        return cls(cfg.dis_preset)
+        return cls(cfg.dis_preset, occlusion=(cfg.occlusion_alpha1, cfg.occlusion_alpha2))
 
     def setup(self, device: str = "cpu") -> None:
         if device != "cpu":
@@ -102,7 +109,7 @@ class DisFlow(Estimator):
         fw = np.stack([self._one(a, b) for a, b in zip(grey_t, grey_t1)]).astype(np.float32)
         bw = np.stack([self._one(b, a) for a, b in zip(grey_t, grey_t1)]).astype(np.float32)
         fw, bw = _finite_or_raise(fw, "dis"), _finite_or_raise(bw, "dis")
-        occ_fw, occ_bw = occlusion_masks(fw, bw)
+        occ_fw, occ_bw = occlusion_masks(fw, bw, *self.occlusion)
         return FlowResult(fw, bw, occ_fw, occ_bw)
 
 
@@ -125,19 +132,21 @@ class RaftFlow(NetEstimator):
     name = "raft"
 
     def __init__(self, net: torch.nn.Module, *, iters: int = 12, batch_size: int = 4,
-                 device: str = "cpu") -> None:
+                 device: str = "cpu", occlusion: tuple[float, float] = (0.01, 0.5)) -> None:
         super().__init__()
         if iters < 1 or batch_size < 1:
             raise ValueError(f"RaftFlow: iters and batch_size must be >= 1, got {iters}, {batch_size}")
         self._take_net(net, device, reserve_bytes=512 * 1024**2)
         self.iters, self.batch_size = iters, batch_size
+        self.occlusion = occlusion  # (alpha1, alpha2) of the fw-bw consistency test
 
     @classmethod
     def from_config(cls, cfg: FlowConfig) -> "RaftFlow":
         path = require_checkpoint(cfg.checkpoint, "flow backend 'raft'", "cues.flow.checkpoint")
         net = build_raft_net(cfg.raft_arch)
         load_checkpoint(net, path)
-        return cls(net, iters=cfg.raft_iters, batch_size=cfg.batch_size, device=cfg.device)
+        return cls(net, iters=cfg.raft_iters, batch_size=cfg.batch_size, device=cfg.device,
+                   occlusion=(cfg.occlusion_alpha1, cfg.occlusion_alpha2))
 
     @torch.inference_mode()
     def _flow(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -168,7 +177,7 @@ class RaftFlow(NetEstimator):
             bw_all.append(both[n:].permute(0, 2, 3, 1).float().cpu().numpy())
         fw = _finite_or_raise(np.concatenate(fw_all), "raft")
         bw = _finite_or_raise(np.concatenate(bw_all), "raft")
-        occ_fw, occ_bw = occlusion_masks(fw, bw)
+        occ_fw, occ_bw = occlusion_masks(fw, bw, *self.occlusion)
         return FlowResult(fw, bw, occ_fw, occ_bw)
 
 

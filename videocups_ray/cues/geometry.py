@@ -111,7 +111,8 @@ def triangulate(rays: np.ndarray, flow: np.ndarray, K: np.ndarray, pose: Pose
 
 
 def fit_ground_plane(points: np.ndarray, rng: np.random.Generator, iters: int = 64,
-                     rel_threshold: float = 0.03, min_vertical: float = 0.9) -> Plane | None:
+                     rel_threshold: float = 0.03, min_vertical: float = 0.9,
+                     min_inlier_fraction: float = 0.2) -> Plane | None:
     """RANSAC plane through 3D points (any scale) whose normal is near the camera's y axis.
 
     Returns the plane with ``height`` = distance of the camera centre from it, in the units
@@ -137,7 +138,7 @@ def fit_ground_plane(points: np.ndarray, rng: np.random.Generator, iters: int = 
     support = (resid < rel_threshold * scale).sum(axis=0)
     best = int(np.argmax(support))
     inl = resid[:, best] < rel_threshold * scale
-    if inl.sum() < max(10, 0.2 * len(points)):
+    if inl.sum() < max(10, min_inlier_fraction * len(points)):
         return None
     # least-squares refinement on the inliers
     q = points[inl]

@@ -14,14 +14,18 @@ scale is fixed by ``DepthConfig.camera_height`` only when the caller rescales (n
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from videocups_ray.config import DepthConfig
 from videocups_ray.cues.base import DepthResult, FlowResult, FrameBatch, as_images
 from videocups_ray.cues.checkpoints import NetEstimator, load_checkpoint, require_checkpoint
+
+if TYPE_CHECKING:  # config types only: the pure path imports without pydantic (gpu_check.py)
+    from videocups_ray.config import DepthConfig
 
 _ENC_CHANNELS = {"resnet18": [64, 64, 128, 256, 512], "resnet50": [64, 256, 512, 1024, 2048]}
 _DEC_CHANNELS = [16, 32, 64, 128, 256]

@@ -9,15 +9,18 @@ checkpoint loads strictly. Features are the last block's patch tokens after ``no
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from videocups_ray.config import FeatureConfig
 from videocups_ray.cues.base import FeatureResult, FrameBatch, as_images
 from videocups_ray.cues.checkpoints import NetEstimator, load_checkpoint, require_checkpoint
+
+if TYPE_CHECKING:  # config types only: the pure path imports without pydantic (gpu_check.py)
+    from videocups_ray.config import FeatureConfig
 
 ARCHS = {  # name: (embed dim, depth, heads, patch)
     "vit_small_patch8": (384, 12, 6, 8),

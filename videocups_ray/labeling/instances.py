@@ -8,17 +8,19 @@ module adds the input checks, the border clean-up and the per-frame proposal ass
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from videocups_ray import kernels
-from videocups_ray.config import LabelingConfig
 from videocups_ray.data.types import DataError
 from videocups_ray.labeling.semantics import SemanticLabeler
 from videocups_ray.labeling.types import FrameCues, FrameProposal
 
+if TYPE_CHECKING:  # config types only: the pure path imports without pydantic (gpu_check.py)
+    from videocups_ray.config import LabelingConfig
+
 log = logging.getLogger(__name__)
-_warned_backward_flow = False
 
 
 def propose_instances(depth: np.ndarray, flow: np.ndarray, motion_prob: np.ndarray,
@@ -66,14 +68,12 @@ def _gpu_module(where: str):
 
 def _growth_flow(cues: FrameCues) -> np.ndarray:
     """Forward flow; at a video's last frame only the backward flow exists, and its negation
-    is the constant-velocity stand-in (logged once, since it changes the proposals)."""
-    global _warned_backward_flow
+    is the constant-velocity stand-in. Logged for each such frame (one line per video, naming
+    it), with no process-wide "warned" flag: a second video or job in the process is told too."""
     if cues.flow_fw is not None:
         return cues.flow_fw
-    if not _warned_backward_flow:
-        log.warning("instances: %s has no forward flow (last frame?); region growing uses the "
-                    "negated backward flow instead", cues.name)
-        _warned_backward_flow = True
+    log.info("instances: %s has no forward flow (last frame?); region growing uses the "
+             "negated backward flow instead", cues.name)
     return -cues.flow_bw
 
 

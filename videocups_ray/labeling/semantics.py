@@ -21,13 +21,15 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import cv2
 import numpy as np
 
-from videocups_ray.config import LabelingConfig
 from videocups_ray.data.types import DataError
+
+if TYPE_CHECKING:  # config types only: the pure path imports without pydantic (gpu_check.py)
+    from videocups_ray.config import LabelingConfig
 
 log = logging.getLogger(__name__)
 

@@ -27,17 +27,19 @@ it closes; ``"clip"`` returns only the final frames at clip close.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from videocups_ray import kernels
-from videocups_ray.config import LabelingConfig
 from videocups_ray.data.types import DataError
 from videocups_ray.labeling.instances import propose_frame
 from videocups_ray.labeling.semantics import SemanticLabeler
 from videocups_ray.labeling.types import FrameCues, FrameProposal, LabelledFrame
+
+if TYPE_CHECKING:  # config types only: the pure path imports without pydantic (gpu_check.py)
+    from videocups_ray.config import LabelingConfig
 
 STATE_VERSION = 1
 MAX_TRACK_ID = 65535  # panoptic ids are semantic * 65536 + instance

@@ -5,7 +5,8 @@ frame pairs through ``collate_pairs`` (after ``video_copy_paste``), and saves it
 ``save_checkpoint``; inference runs ``VideoPanopticPredictor`` over each video.
 """
 
-from videocups_ray.model.backbone import CheckpointError, LoadReport, load_backbone_checkpoint, load_backbone_state
+from videocups_ray.data.checkpoints import CheckpointError
+from videocups_ray.model.backbone import LoadReport, load_backbone_checkpoint, load_backbone_state
 from videocups_ray.model.cascade import drop_loss_weights
 from videocups_ray.model.checkpoint import load_checkpoint, save_checkpoint
 from videocups_ray.model.copy_paste import Tube, extract_tubes, tubes_from_predictions, use_self_enhanced, video_copy_paste

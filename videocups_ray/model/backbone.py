@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from pathlib import Path
+import os
 
 import torch
 from torch import nn
@@ -18,15 +18,13 @@ from torchvision.models import resnet18, resnet50
 from torchvision.ops import FeaturePyramidNetwork, FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from videocups_ray.data.checkpoints import CheckpointError, listing, read_torch_file
+
 log = logging.getLogger(__name__)
 
 _RESNETS = {"resnet18": (resnet18, (64, 128, 256, 512)), "resnet50": (resnet50, (256, 512, 1024, 2048))}
 # Prefixes that DINO / DDP / detection checkpoints put in front of the torchvision names.
 _KEY_PREFIXES = ("module.", "backbone.", "body.", "encoder.")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is unreadable or does not match the model; the message names the file."""
 
 
 @dataclass
@@ -122,10 +120,13 @@ def load_backbone_state(body: nn.Module, state: dict[str, torch.Tensor], *, sour
             got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
             raise CheckpointError(f"{source}: key {key!r} has shape {got}, the model expects {tuple(own[key].shape)}")
         usable[key] = value
-    body.load_state_dict(usable, strict=False)
     report.loaded = sorted(usable)
     report.missing = sorted(k for k in own if k not in usable)
     report.unexpected.sort()
+    if not usable:  # a file for another network: loading nothing would train from scratch silently
+        raise CheckpointError(f"{source}: no key matches the {type(body).__name__} backbone; "
+                              f"missing: {listing(report.missing)}; unexpected: {listing(report.unexpected) or '(none)'}")
+    body.load_state_dict(usable, strict=False)
     if report.missing:
         log.warning("backbone checkpoint %s", report.summary())
     else:
@@ -133,15 +134,9 @@ def load_backbone_state(body: nn.Module, state: dict[str, torch.Tensor], *, sour
     return report
 
 
-def load_backbone_checkpoint(body: nn.Module, path: str | Path) -> LoadReport:
-    """Read ``path`` with ``torch.load(weights_only=True)`` and load it via ``load_backbone_state``."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"backbone checkpoint {path}: file not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several unrelated types for a bad file
-        raise CheckpointError(f"backbone checkpoint {path}: cannot be read with weights_only=True: {exc}") from exc
+def load_backbone_checkpoint(body: nn.Module, path: str | os.PathLike) -> LoadReport:
+    """Read ``path`` (``data.checkpoints``: weights_only) and load it via ``load_backbone_state``."""
+    state = read_torch_file(path, "backbone checkpoint")
     if not isinstance(state, dict):
         raise CheckpointError(f"backbone checkpoint {path}: holds a {type(state).__name__}, expected a state dict")
-    return load_backbone_state(body, state, source=str(path))
+    return load_backbone_state(body, state, source=f"backbone checkpoint {path}")

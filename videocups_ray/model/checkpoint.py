@@ -7,17 +7,15 @@ path. Everything stored is plain data and tensors, so it loads with ``weights_on
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from pydantic import ValidationError
-
-from videocups_ray.config import ModelConfig
-from videocups_ray.model.backbone import CheckpointError
+from videocups_ray.data.checkpoints import CheckpointError, read_torch_file, write_torch_file
 from videocups_ray.model.targets import ClassMeta
 from videocups_ray.model.vps import PanopticCascadeMaskTrackRCNN, build_model
+
+if TYPE_CHECKING:
+    from videocups_ray.config import ModelConfig
 
 FORMAT = "videocups-vps/1"
 
@@ -28,8 +26,6 @@ def save_checkpoint(
     """Write atomically (temp file, then rename). ``extra``: plain data, e.g. step, metrics."""
     if model.num_stuff != meta.num_stuff or model.num_thing != meta.num_thing:
         raise ValueError(f"model ({model.num_stuff} stuff, {model.num_thing} thing) does not match meta {meta}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": FORMAT,
         "model_config": cfg.model_dump(mode="json"),
@@ -37,38 +33,31 @@ def save_checkpoint(
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "extra": extra or {},
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return write_torch_file(payload, path)
 
 
 def load_checkpoint(
     path: str | Path, *, map_location: str = "cpu"
 ) -> tuple[PanopticCascadeMaskTrackRCNN, ModelConfig, ClassMeta, dict]:
     """(model in eval mode, its config, class metadata, extra) from a ``save_checkpoint`` file."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"model checkpoint {path}: file not found")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises several unrelated types for a bad file
-        raise CheckpointError(f"model checkpoint {path}: cannot be read with weights_only=True: {exc}") from exc
+    from pydantic import ValidationError  # lazy: building a model (gpu_check.py) needs no pydantic
+
+    from videocups_ray.config import ModelConfig
+
+    payload = read_torch_file(path, "model checkpoint", map_location=map_location)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         got = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise CheckpointError(f"model checkpoint {path}: format {got!r}, expected {FORMAT!r}")
+        hint = " (a training-state file? pass the run's model.pt)" if isinstance(payload, dict) and "step" in payload else ""
+        raise CheckpointError(f"model checkpoint {path}: format {got!r}, expected {FORMAT!r}{hint}")
     for key in ("model_config", "class_meta", "state_dict"):
         if key not in payload:
             raise CheckpointError(f"model checkpoint {path}: missing {key!r}")
     try:
         cfg = ModelConfig.model_validate(payload["model_config"])
     except ValidationError as exc:
-        raise CheckpointError(f"model checkpoint {path}: invalid model_config: {exc}") from exc
+        first = exc.errors()[0] if exc.errors() else {}
+        key = ".".join(str(p) for p in first.get("loc", ()))
+        raise CheckpointError(f"model checkpoint {path}: invalid model_config ({key}: {first.get('msg')})") from exc
     meta = ClassMeta.from_dict(payload["class_meta"])
     # the stored weights already hold the backbone: do not read cfg.backbone_checkpoint again
     model = build_model(cfg, meta.num_stuff, meta.num_thing, load_backbone=False)

@@ -14,16 +14,19 @@ predictions that no pseudo instance explains (``tubes_from_predictions``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision.ops import box_iou
 
-from videocups_ray.config import TrainConfig
 from videocups_ray.data.types import DataError
 from videocups_ray.model.targets import ClassMeta, check_pair, instance_boxes
 from videocups_ray.model.tracking import PanopticFrame
+
+if TYPE_CHECKING:  # config types only: the pure path imports without pydantic (gpu_check.py)
+    from videocups_ray.config import TrainConfig
 
 
 @dataclass

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,10 +21,12 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 from torchvision.ops import box_iou
 
-from videocups_ray.config import ModelConfig
 from videocups_ray.data.types import DataError
 from videocups_ray.model.heads import track_logits
 from videocups_ray.model.targets import ClassMeta
+
+if TYPE_CHECKING:  # config types only: the pure path imports without pydantic (gpu_check.py)
+    from videocups_ray.config import ModelConfig
 
 _FORBIDDEN = -1e9
 MAX_TRACK_ID = np.iinfo(np.int32).max

@@ -13,6 +13,7 @@ pixels, ``labels`` int64 [N] in 1..num_thing, ``masks`` uint8 [N, H, W], ``track
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -22,10 +23,12 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 
-from videocups_ray.config import ModelConfig, TrainConfig
 from videocups_ray.model.backbone import ResNetFPN, load_backbone_checkpoint
 from videocups_ray.model.cascade import CascadeRoIHeads
 from videocups_ray.model.heads import BoxHead, MaskHead, SemanticHead, TrackHead
+
+if TYPE_CHECKING:  # config types only: the pure path imports without pydantic (gpu_check.py)
+    from videocups_ray.config import ModelConfig, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -174,20 +177,27 @@ def build_model(
         raise ValueError(f"need at least one stuff and one thing class, got num_stuff={num_stuff}, num_thing={num_thing}")
     if len(cfg.cascade_ious) != len(cfg.cascade_loss_weights):
         raise ValueError(f"model.cascade_ious {cfg.cascade_ious} and model.cascade_loss_weights {cfg.cascade_loss_weights} differ in length")
-    train_cfg = train_cfg or TrainConfig()
+    if train_cfg is None:
+        from videocups_ray.config import TrainConfig  # lazy: the pure path imports without pydantic
+
+        train_cfg = TrainConfig()
     if load_backbone and cfg.backbone_norm == "frozen_bn" and cfg.backbone_checkpoint is None:
         log.warning("model.backbone_norm='frozen_bn' without a backbone_checkpoint: BN layers stay identity; use 'bn' to train from scratch")
     ch = cfg.fpn_channels
     backbone = ResNetFPN(cfg.backbone, ch, norm=cfg.backbone_norm, trainable_layers=cfg.trainable_backbone_layers)
     if load_backbone and cfg.backbone_checkpoint:
         load_backbone_checkpoint(backbone.body, cfg.backbone_checkpoint)
-    anchors = AnchorGenerator(((32,), (64,), (128,), (256,), (512,)), ((0.5, 1.0, 2.0),) * 5)
+    levels_out = 5  # FPN outputs "0".."3" and "pool": one anchor size per level
+    if len(cfg.anchor_sizes) != levels_out:
+        raise ValueError(f"model.anchor_sizes needs {levels_out} sizes (one per FPN level), got {cfg.anchor_sizes}")
+    anchors = AnchorGenerator(tuple((s,) for s in cfg.anchor_sizes), (tuple(cfg.anchor_aspect_ratios),) * levels_out)
     rpn = RegionProposalNetwork(
         anchors, RPNHead(ch, anchors.num_anchors_per_location()[0]),
-        fg_iou_thresh=0.7, bg_iou_thresh=0.3, batch_size_per_image=256, positive_fraction=0.5,
+        fg_iou_thresh=cfg.rpn_fg_iou, bg_iou_thresh=cfg.rpn_bg_iou,
+        batch_size_per_image=cfg.rpn_batch_per_image, positive_fraction=cfg.rpn_positive_fraction,
         pre_nms_top_n={"training": cfg.rpn_pre_nms_train, "testing": cfg.rpn_pre_nms_test},
         post_nms_top_n={"training": cfg.rpn_post_nms_train, "testing": cfg.rpn_post_nms_test},
-        nms_thresh=0.7,
+        nms_thresh=cfg.rpn_nms_threshold,
     )
     levels = ["0", "1", "2", "3"]
     roi_heads = CascadeRoIHeads(

@@ -172,10 +172,10 @@ def run_infer(cfg: Config, checkpoint: str | os.PathLike, input_spec: str | os.P
         raise ValueError(f"engine={engine!r} must be 'local' or 'ray'")
     t0 = time.perf_counter()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    model, model_cfg, meta, _ = load_checkpoint(checkpoint)
+    model, model_cfg, meta, _ = load_checkpoint(checkpoint)  # before creating --out: a bad file leaves nothing
     cfg = cfg.model_copy(update={"model": model_cfg})  # the checkpoint's architecture and inference knobs
     source = resolve_source(cfg, input_spec)
+    out.mkdir(parents=True, exist_ok=True)
     wanted = source.videos() if videos is None else list(videos)
     unknown = sorted(set(wanted) - set(source.videos()))
     if unknown:

@@ -26,10 +26,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from videocups_ray import __version__
-from videocups_ray.config import Config, with_overrides
+from videocups_ray.config import Config, ConfigError, with_overrides
+from videocups_ray.data.checkpoints import CheckpointError, read_torch_file
 from videocups_ray.data.shards import ShardWriter
 from videocups_ray.data.formats import open_source
 from videocups_ray.data.sources import FrameSource
@@ -148,7 +147,7 @@ def run_train(cfg: Config, shards: str | os.PathLike, out: str | os.PathLike, *,
     final_model = out / MODEL_FILE
     with result.checkpoint.as_directory() as d:
         shutil.copyfile(Path(d) / MODEL_FILE, final_model)
-        state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+        state = read_torch_file(Path(d) / STATE_FILE, "training state")
     records = _read_metrics(out / METRICS_FILE)
     last = records[-1] if records else {}
     timed = [r for r in records if r.get("resumed_from") == last.get("resumed_from")][1:]
@@ -207,11 +206,11 @@ def run_finetune(cfg: Config, checkpoint: str | os.PathLike, gt: str | os.PathLi
     summary plus fraction, frames and pairs.
     """
     if not 0 < fraction <= 1:
-        raise ValueError(f"fraction={fraction} must be in (0, 1]")
+        raise ConfigError(f"fraction={fraction:g} must be in (0, 1]")
     out = Path(out)
-    payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    payload = read_torch_file(checkpoint, "model checkpoint")
     if not isinstance(payload, dict) or "model_config" not in payload:
-        raise DataError(f"{checkpoint}: not a videocups model checkpoint (no 'model_config')")
+        raise CheckpointError(f"model checkpoint {checkpoint}: not a videocups model checkpoint (no 'model_config')")
     model_cfg = dict(payload["model_config"], backbone_checkpoint=None)
     cfg = with_overrides(cfg, model=model_cfg, train={"drop_loss": False, "self_enhanced": False})
     log.warning("fine-tuning: Video DropLoss and self-enhanced copy-paste are off (labels are complete)")

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from videocups_ray.config import Config
+from videocups_ray.data.checkpoints import CheckpointError, read_torch_file, write_torch_file
 from videocups_ray.data.types import DataError
 from videocups_ray.model import (
     ClassMeta,
@@ -66,15 +67,15 @@ def transfer_weights(model: torch.nn.Module, path: str | Path) -> tuple[list[str
     classifier, mask predictor, semantic classifier) have another number of classes: those
     keep their fresh initialisation.
     """
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    payload = read_torch_file(path, "initial weights")
     if not isinstance(payload, dict) or "state_dict" not in payload:
-        raise DataError(f"{path}: not a model checkpoint (no 'state_dict')")
+        raise CheckpointError(f"initial weights {path}: not a model checkpoint (no 'state_dict')")
     source = payload["state_dict"]
     own = model.state_dict()
     loaded = [k for k, v in source.items() if k in own and own[k].shape == v.shape]
     skipped = sorted(set(own) - set(loaded))
     if not loaded:
-        raise DataError(f"{path}: no tensor matches the model (different backbone or FPN width?)")
+        raise CheckpointError(f"initial weights {path}: no tensor matches the model (different backbone or FPN width?)")
     model.load_state_dict({k: source[k] for k in loaded}, strict=False)
     return loaded, skipped
 
@@ -256,9 +257,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if ckpt is not None:
         with ckpt.as_directory() as d:
             folder = Path(d)
-            payload = torch.load(folder / MODEL_FILE, map_location="cpu", weights_only=True)
+            payload = read_torch_file(folder / MODEL_FILE, "training checkpoint")
             module.load_state_dict(payload["state_dict"])
-            state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
+            state = read_torch_file(folder / STATE_FILE, "training state")
             strategy.restore(folder, state)
             step, epoch = int(state["step"]), int(state["epoch"])
             start_step = step
@@ -324,7 +325,7 @@ def _report_checkpoint(strategy: _Strategy, module, cfg: Config, meta: ClassMeta
                  **strategy.save(folder, rank)}
         if rank == 0:
             save_checkpoint(folder / MODEL_FILE, module, cfg.model, meta, extra={"step": step, "epoch": epoch})
-            torch.save(state, folder / STATE_FILE)
+            write_torch_file(state, folder / STATE_FILE)
         has_files = any(folder.iterdir())
         checkpoint = ray.train.Checkpoint.from_directory(tmp) if has_files else None
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint_{step:08d}")

@@ -40,9 +40,6 @@ class HtmlReport:
     def text(self, text: str) -> None:
         self.blocks.append(_Block("p", text))
 
-    def preformatted(self, text: str) -> None:
-        self.blocks.append(_Block("pre", text))
-
     def table(self, headers: Sequence[str], rows: Sequence[Sequence[object]], caption: str = "") -> None:
         self.blocks.append(_Block("table", (list(headers), [list(r) for r in rows], caption)))
 
@@ -55,6 +52,12 @@ class HtmlReport:
             write_png(self.out_dir / name, np.ascontiguousarray(img))
             saved.append((caption, name))
         self.blocks.append(_Block("images", (saved, width)))
+
+    def animation(self, rel_path: str, caption: str) -> None:
+        """An animated image already written under the report folder (e.g. ``clips/x.webp``)."""
+        if not (self.out_dir / rel_path).is_file():
+            raise FileNotFoundError(f"report animation {self.out_dir / rel_path}: not written")
+        self.blocks.append(_Block("images", ([(caption, rel_path)], None)))
 
     def figure(self, fig, caption: str = "") -> None:
         """A matplotlib figure, saved as PNG (the caller closes nothing; we close it)."""
@@ -73,11 +76,11 @@ class HtmlReport:
             "<style>body{font-family:sans-serif;margin:20px;max-width:1800px}"
             "figure{display:inline-block;margin:4px}figcaption{font-size:12px;color:#444}"
             "table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #bbb;padding:3px 8px;"
-            "text-align:right}th{background:#eee}pre{background:#f6f6f6;padding:8px}</style>",
+            "text-align:right}th{background:#eee}</style>",
             f"</head><body><h1>{html.escape(self.title)}</h1>",
         ]
         for b in self.blocks:
-            if b.kind in ("h2", "p", "pre"):
+            if b.kind in ("h2", "p"):
                 parts.append(f"<{b.kind}>{html.escape(str(b.payload))}</{b.kind}>")
             elif b.kind == "table":
                 headers, rows, caption = b.payload
@@ -93,8 +96,9 @@ class HtmlReport:
                 saved, width = b.payload
                 parts.append("<div>")
                 for caption, name in saved:
+                    size = f" width='{width}'" if width else " style='max-width:100%'"
                     parts.append(
-                        f"<figure><img src='{name}' width='{width}'>"
+                        f"<figure><img src='{name}'{size} alt='{html.escape(caption)}'>"
                         f"<figcaption>{html.escape(caption)}</figcaption></figure>"
                     )
                 parts.append("</div>")
