@@ -10,7 +10,7 @@ from videocups_ray.actors.writer import SKIPPED_KEY, WriterActor, apply_id_map
 from videocups_ray.config import Config, with_overrides
 from videocups_ray.data.shards import read_manifest, read_shards
 from videocups_ray.data.types import DataError
-from videocups_ray.pipelines.ray_chunks import plan_chunks, stitch_ids
+from videocups_ray.stages.chunks import plan_chunks, stitch_ids
 from videocups_ray.pipelines.streaming import StreamingPseudoLabeler, StreamRunner
 
 

@@ -195,6 +195,9 @@ class RayConfig(_Section):
     features: ActorResources = ActorResources()
     tracker: ActorResources = ActorResources(num_cpus=0.25)
     writer: ActorResources = ActorResources(num_cpus=0.25)
+    reader: ActorResources = ActorResources(num_cpus=0.25, replicas=2)  # decode next to the data; streams spread over them
+    write_drain_max: int = Field(64, ge=1)  # writer calls in flight before the driver waits for some (bounds queued rows)
+    write_drain_keep: int = Field(16, ge=0)  # writer calls left in flight after such a wait (keeps the writer busy)
     max_videos_in_flight: int = Field(4, ge=1)  # streams processed at once
     max_frames_in_flight: int = Field(8, ge=1)  # per stream
     chunk_frames: int = Field(300, ge=4)  # long videos are cut into chunks of this length

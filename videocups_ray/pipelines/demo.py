@@ -104,7 +104,7 @@ def stage_eval_model(cfg: Config, corpus: Path, preds: Path) -> dict:
 
 def stage_eval_pseudo(cfg: Config, corpus: Path, shards: Path) -> dict:
     from videocups_ray.data.sources import open_source
-    from videocups_ray.pipelines.pseudolabel import evaluate_pseudolabels
+    from videocups_ray.pipelines.evaluate import evaluate_pseudolabels
 
     return evaluate_pseudolabels(shards, open_source(str(corpus)), cfg.eval)
 
@@ -157,7 +157,7 @@ def comparison_rows(report: HtmlReport, gt_source, labels: Iterable[Frame], name
 def stage_report_pseudo(report: HtmlReport, corpus: Path, shards: Path, scores: dict,
                         summary: dict, frames_per_video: int = 4) -> None:
     from videocups_ray.data.sources import open_source
-    from videocups_ray.pipelines.pseudolabel import read_pseudolabels
+    from videocups_ray.data.pseudolabels import read_pseudolabels
 
     report.heading("Pseudo-labels (no human label used)")
     report.text(

@@ -293,14 +293,14 @@ def evaluate_paths(gt: str | Path, pred: str | Path, *, fmt: LabelFormat, cfg: E
     """:func:`evaluate` on two folders (read twice when ``unsupervised``).
 
     ``pred`` may also be a pseudo-label shard directory (it holds ``manifest.json``), read
-    with :func:`videocups_ray.pipelines.pseudolabel.read_pseudolabels`.
+    with :func:`videocups_ray.data.pseudolabels.read_pseudolabels`.
 
     Ground truth is read with the dataset reader (:func:`videocups_ray.data.sources.open_source`)
     when the folder is a full dataset (images + labels); a labels-only folder and the
     predictions are read with :func:`load_label_dir`.
     """
     from videocups_ray.data.sources import open_source
-    from videocups_ray.pipelines.pseudolabel import is_shard_dir, read_pseudolabels
+    from videocups_ray.data.pseudolabels import is_shard_dir, read_pseudolabels
 
     if is_shard_dir(pred):  # pseudo-label shards: the manifest's thing/stuff split is applied
         pred_frames: FrameSource = lambda: read_pseudolabels(pred)  # noqa: E731
@@ -319,3 +319,13 @@ def evaluate_paths(gt: str | Path, pred: str | Path, *, fmt: LabelFormat, cfg: E
         _label_files(Path(gt), fmt)
         gt_frames = lambda: load_label_dir(gt, fmt)  # noqa: E731
     return evaluate(gt_frames, pred_frames, cfg=cfg, unsupervised=unsupervised)
+
+
+def evaluate_pseudolabels(shard_dir: str | Path, gt: FrameSource, cfg: EvalConfig) -> dict[str, Any]:
+    """STQ / AQ / SQ / VPQ of a pseudo-label shard directory against a labelled source, with the
+    unsupervised cluster-to-class matching (what ``evaluate_paths`` computes for shard dirs)."""
+    from videocups_ray.data.pseudolabels import read_pseudolabels
+
+    if not gt.has_labels:
+        raise DataError(f"{gt!r}: has no ground-truth labels to evaluate against")
+    return evaluate(lambda: iter(gt), lambda: read_pseudolabels(shard_dir), cfg=cfg, unsupervised=True)

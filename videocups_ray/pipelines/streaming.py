@@ -1,7 +1,7 @@
 """Online pseudo-labeling: frames pushed as they arrive, labels out with bounded latency.
 
 :class:`StreamingPseudoLabeler` runs the same stages as the corpus engines, one frame pair at
-a time, in the order of :class:`~videocups_ray.pipelines.stages.VideoCueRunner`. Frame t gets
+a time, through the shared per-stream scheduler (``videocups_ray/stages``). Frame t gets
 a *provisional* label (``final=False``) first, then, when its clip closes, the *final* one
 (clip-level class alignment, short tracks dropped). Final frames equal the corpus engines'
 rows bit for bit in both latency modes (``ray.stream_latency``):
@@ -52,15 +52,22 @@ from videocups_ray import __version__
 from videocups_ray.config import Config
 from videocups_ray.cues import DepthResult, FlowResult
 from videocups_ray.data.types import DataError, Frame
-from videocups_ray.labeling import FrameProposal, LabelledFrame, SemanticLabeler, VideoTracker
-from videocups_ray.pipelines.stages import CueStages, assemble_cues, fit_centroids, labelled_to_row
+from videocups_ray.labeling import FrameProposal, LabelledFrame, VideoTracker
+from videocups_ray.stages import ChunkSpec, CueStages, DepthStream, LabelStage, LabelStream, PairBatcher
+from videocups_ray.stages.centroids import fit_centroids
 
 log = logging.getLogger(__name__)
 LATENCY_MODES = ("one_frame", "exact")
 
 
 class StreamingPseudoLabeler:
-    """``push(frame) -> labelled frames`` for one live stream at a time (see the module doc)."""
+    """``push(frame) -> labelled frames`` for one live stream at a time (see the module doc).
+
+    The stream runs through the shared scheduler objects (``stages.scheduler``): a
+    :class:`PairBatcher` of one pair per batch, a :class:`DepthStream` and a
+    :class:`LabelStream` with an open-ended chunk, so its final rows are the corpus engines'.
+    Final rows wait in :meth:`take_rows` for the caller to write them.
+    """
 
     def __init__(self, cfg: Config, centroids: np.ndarray, *, stages: CueStages | None = None,
                  latency: Literal["one_frame", "exact"] | None = None):
@@ -71,20 +78,21 @@ class StreamingPseudoLabeler:
         self.stages = stages or CueStages.from_config(cfg)
         self.stages.setup()
         # one_frame: provisional frames come from preview(); the tracker itself emits finals only
-        emit = "online" if self.latency == "exact" else "clip"
-        self.tracker = VideoTracker(cfg.labeling, semantics=SemanticLabeler(centroids, cfg.labeling), emit=emit)
+        self.label = LabelStage(cfg, centroids, emit="online" if self.latency == "exact" else "clip")
+        self.label.setup()
         self._warned_stand_in = False
+        self._rows: list[dict] = []
         self._reset_stream()
+
+    @property
+    def tracker(self) -> VideoTracker:
+        return self.label.tracker
 
     def _reset_stream(self) -> None:
         self.video_id: str | None = None
-        self._prev: Frame | None = None  # frame t-1 waiting for its pair ahead
-        self._prev_prev: Frame | None = None  # frame t-2 (the last frame's depth looks back to it)
-        self._flow_prev: FlowResult | None = None  # pair (t-2, t-1)
-        self._last_depth: DepthResult | None = None
-        self._last_flow: FlowResult | None = None
-        self.stages.depth.reset()
-        self.tracker.reset()
+        self._batcher: PairBatcher | None = None
+        self._depth: DepthStream | None = None
+        self._ls: LabelStream | None = None
 
     def push(self, frame: Frame) -> list[LabelledFrame]:
         """Add the next frame; a new ``video_id`` ends the previous video first."""
@@ -93,22 +101,30 @@ class StreamingPseudoLabeler:
             out += self.end()
         if self.video_id is None:
             self.video_id = frame.video_id
-        prev = self._prev
-        if prev is not None:
-            if frame.frame_index != prev.frame_index + 1:
-                raise DataError(f"{frame.video_id} frame {frame.frame_index}: stream frames must be consecutive "
-                                f"(previous {prev.frame_index}); start a new video_id after a gap")
-            fr = self.stages.flow.process([prev], [frame])
-            dr = self.stages.depth.process([prev], [frame], fr)
-            fe = self.stages.features.process([prev], dr.depth)
-            cues = assemble_cues(prev, dr.depth[0], dr.motion_prob[0], fe.high[0], fe.low[0], self._flow_prev, fr)
-            self._flow_prev, self._last_depth = fr, dr
-            out += self.tracker.push(cues)
+            stream = f"{frame.video_id}@{frame.frame_index}"
+            self._batcher = PairBatcher(stream, 1)
+            self._depth = DepthStream(self.stages.depth, stream)
+            self._ls = LabelStream(self.label, ChunkSpec(str(frame.video_id), int(frame.frame_index), None), stream)
+        for batch in self._batcher.push(frame):
+            out += self._run(batch)
             if self.latency == "one_frame":
-                labelled = self.tracker.preview(self._stand_in(frame, prev, fr, dr))
+                prev, flow, prev_depth = self._depth.prev
+                labelled = self.tracker.preview(self._stand_in(frame, prev, flow, prev_depth))
                 out += [] if labelled is None else [labelled]
-        self._prev_prev, self._prev = prev, frame
         return out
+
+    def _run(self, batch) -> list[LabelledFrame]:
+        flow = None if batch.last else self.stages.flow.process(batch.frames_t, batch.frames_t1)
+        dr = self._depth.process(batch, flow)
+        fe = self.stages.features.process(batch.frames_t, dr.depth)
+        out = self._ls.process(batch, flow, dr, fe)
+        self._rows += self._ls.take_rows()
+        return out
+
+    def take_rows(self) -> list[dict]:
+        """Final shard rows labelled so far and not yet taken."""
+        rows, self._rows = self._rows, []
+        return rows
 
     def _stand_in(self, frame: Frame, prev: Frame, flow: FlowResult, prev_depth: DepthResult) -> FrameProposal:
         """Frame t+1 (``frame``) from the pair (t, t+1) alone, for the vote of t; see the module
@@ -131,18 +147,18 @@ class StreamingPseudoLabeler:
         self.stages.teardown()
 
     def end(self) -> list[LabelledFrame]:
-        """The stream (or video) ended: label the last frame, close the clip, reset."""
+        """The stream (or video) ended or was interrupted: label the last frame, close the open
+        clip early (its frames become final), reset."""
         out: list[LabelledFrame] = []
-        last = self._prev
-        if last is not None and self._flow_prev is not None:
-            dr = self.stages.depth.process_last(last, self._prev_prev, self._flow_prev, self._last_depth)
-            fe = self.stages.features.process([last], dr.depth)
-            cues = assemble_cues(last, dr.depth[0], dr.motion_prob[0], fe.high[0], fe.low[0], self._flow_prev, None)
-            out += self.tracker.push(cues)
-            out += self.tracker.flush()
-        elif last is not None:
-            log.warning("stream %s ended after a single frame; it has no optical flow and gets no labels",
-                        last.video_id)
+        if self._batcher is not None:
+            if self._batcher.seq == 0:
+                log.warning("stream %s ended after a single frame; it has no optical flow and gets no labels",
+                            self.video_id)
+            else:
+                for batch in self._batcher.end(with_last=True):
+                    out += self._run(batch)
+                out += self._ls.finish()
+                self._rows += self._ls.take_rows()
         self._reset_stream()
         return out
 
@@ -314,7 +330,7 @@ def warmup_centroids(cfg: Config, frames: list[Frame], stages: CueStages) -> np.
     if not pairs:
         raise DataError("stream: need at least 2 frames to fit centroids; pass centroids=...")
     log.warning("stream: no centroids given; fitting them on the first %d frames of the stream", len(frames))
-    return fit_centroids([pairs], stages, cfg)
+    return fit_centroids([(str(frames[0].video_id), pairs)], stages, cfg)
 
 
 def run_stream(cfg: Config, source: str | int | Iterator[Frame], out: str | os.PathLike, *,
@@ -343,26 +359,31 @@ def run_stream(cfg: Config, source: str | int | Iterator[Frame], out: str | os.P
         centroids = warmup_centroids(cfg, head, stages)
     labeler = StreamingPseudoLabeler(cfg, centroids, stages=stages)
     writer = ShardWriter(out, cfg.shards, cfg.hash(), __version__)
-    images: dict[tuple[str, int], np.ndarray] = {}
 
     def deliver(lf: LabelledFrame) -> None:
         if on_labels is not None:
             on_labels(lf)
         if lf.final:
-            writer.add(**labelled_to_row(lf, images.pop((lf.video_id, lf.frame_index))))
+            for row in labeler.take_rows():
+                writer.add(**row)
 
     runner = StreamRunner(labeler, deliver, max_pending=cfg.ray.stream_max_pending, policy=cfg.ray.stream_backpressure)
     t0 = time.perf_counter()
     n = 0
-    for frame in itertools.chain(head, frames):
-        if max_frames is not None and n >= max_frames:
-            break
-        if fps:
-            time.sleep(max(0.0, t0 + n / fps - time.perf_counter()))
-        images[(frame.video_id, frame.frame_index)] = frame.image
-        if not runner.offer(frame):
-            images.pop((frame.video_id, frame.frame_index))
-        n += 1
+    interrupted = False
+    try:
+        for frame in itertools.chain(head, frames):
+            if max_frames is not None and n >= max_frames:
+                break
+            if fps:
+                time.sleep(max(0.0, t0 + n / fps - time.perf_counter()))
+            runner.offer(frame)
+            n += 1
+    except KeyboardInterrupt:
+        # Ctrl-C: stop taking frames, but label what was taken, close the open clip early and
+        # commit it (issue 17 #7: nothing already seen is lost)
+        interrupted = True
+        log.warning("stream: interrupted after %d frames; closing the open clip and committing it", n)
     try:
         stats = runner.close()
     finally:
@@ -370,7 +391,8 @@ def run_stream(cfg: Config, source: str | int | Iterator[Frame], out: str | os.P
     writer.close()
     summary = {"out": os.fspath(out), **stats.summary(), "policy": cfg.ray.stream_backpressure,
                "stream_latency": labeler.latency,
-               "seconds": round(time.perf_counter() - t0, 2), "written": writer.summary.written}
+               "seconds": round(time.perf_counter() - t0, 2), "written": writer.summary.written,
+               "interrupted": interrupted}
     if stats.dropped:
         log.warning("stream: %d of %d frames dropped by backpressure", stats.dropped, stats.received)
     return summary
