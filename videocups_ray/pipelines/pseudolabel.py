@@ -39,6 +39,7 @@ import numpy as np
 from videocups_ray import __version__
 from videocups_ray.config import Config, EvalConfig, SynthConfig
 from videocups_ray.data.shards import ShardWriter, read_manifest, read_shards
+from videocups_ray.data.shards import is_shard_dir as shards_is_shard_dir
 from videocups_ray.data.sources import FrameSource, VideoListSource, open_source
 from videocups_ray.data.types import DataError, Frame
 from videocups_ray.labeling import FrameCues, ThingStuffStats, apply_thing_stuff, load_centroids, merge_thing_stuff, save_centroids
@@ -181,13 +182,12 @@ def run_local(cfg: Config, input_spec: str | os.PathLike | FrameSource, out: str
     label = LabelStage(cfg, centroids)
     label.setup()
 
-    per_video: dict[str, dict] = {}
-    if is_shard_dir(out):
-        per_video = dict(read_manifest(out).get("meta", {}).get(VIDEO_STATS_KEY, {}))
-    committed_per_video: dict[str, int] = {}
-    for vid, _ in writer.committed_keys():
-        committed_per_video[vid] = committed_per_video.get(vid, 0) + 1
     videos = source.videos()
+    # [shards] resume checks the committed shards of these videos (shards.verify_on_resume); a
+    # damaged one is retracted and its frames labelled again. Counts and stats per video only.
+    writer.repair(videos, cfg.shards.verify_on_resume)
+    per_video: dict[str, dict] = dict(writer.manifest.meta().get(VIDEO_STATS_KEY, {}))
+    committed_per_video = writer.committed_counts()
     total = sum(source.num_frames(v) for v in videos)
     bar = tqdm(total=total, desc="pseudolabel", unit="frame", disable=not progress)
     labelled = 0
@@ -205,7 +205,7 @@ def run_local(cfg: Config, input_spec: str | os.PathLike | FrameSource, out: str
                 labelled += 1
                 bar.update(1)
             per_video[vid] = {**_stats_entry(stats), "frames": n}
-            writer.set_meta(VIDEO_STATS_KEY, per_video)
+            writer.set_video_meta(VIDEO_STATS_KEY, vid, per_video[vid])  # [shards] one record per video
         writer.flush()
     finally:
         bar.close()
@@ -259,7 +259,7 @@ def read_pseudolabels(shard_dir: str | os.PathLike, *, apply_split: bool = True,
 
 
 def is_shard_dir(path: str | os.PathLike) -> bool:
-    return (Path(path) / "manifest.json").is_file()
+    return shards_is_shard_dir(path)  # [shards] the commit log or an old manifest.json
 
 
 def evaluate_pseudolabels(shard_dir: str | os.PathLike, gt: FrameSource, cfg: EvalConfig) -> dict[str, Any]:

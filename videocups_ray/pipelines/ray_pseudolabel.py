@@ -11,7 +11,8 @@ Actor graph (one pool per kind, resources from ``cfg.ray.<kind>``)::
                                    TrackerActor (one per live stream, reorders by batch seq)
                                                                                           │ rows ref
                                                                                           ▼
-                                   WriterActor (ShardWriter: atomic shards + manifest, exactly once)
+                                   WriterActor pool (shard files per writer; the driver commits
+                                   their entries to the manifest: pipelines/writer_pool.py)
 
 The driver only moves ObjectRefs: cues go actor to actor through the object store. It keeps
 ``ray.max_videos_in_flight`` streams open, each with at most ``ray.max_frames_in_flight``
@@ -47,7 +48,7 @@ from videocups_ray import __version__
 from videocups_ray.actors.base import FailurePlan, StreamStateLost, device_for, remote_class
 from videocups_ray.actors.cues import DepthActor, FeatureActor, FlowActor, PairBatch
 from videocups_ray.actors.tracker import ChunkSpec, TrackerActor
-from videocups_ray.actors.writer import SKIPPED_KEY, WriterActor
+from videocups_ray.actors.writer import SKIPPED_KEY
 from videocups_ray.config import Config
 from videocups_ray.data.sources import FrameSource
 from videocups_ray.data.types import DataError, Frame
@@ -61,6 +62,7 @@ from videocups_ray.pipelines.pseudolabel import (
 from videocups_ray.pipelines.ray_chunks import plan_chunks, stitch_ids, to_global
 from videocups_ray.pipelines.ray_runtime import ray_session
 from videocups_ray.pipelines.stages import fit_positions
+from videocups_ray.pipelines.writer_pool import WriterPool  # [writer pool]
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +108,7 @@ class Pools:
     depth: list
     features: list
     trackers: list
-    writer: Any
+    writer: WriterPool  # [writer pool] driver-side handle of the shard writer actors
     _rr: dict = field(default_factory=lambda: {"flow": 0, "depth": 0, "features": 0})
 
     def next(self, kind: str):
@@ -117,11 +119,9 @@ class Pools:
 
 def make_pools(ray, cfg: Config, out: str, failures: tuple[FailurePlan, ...] = ()) -> Pools:
     """Create the writer; cue pools and trackers come later, only if there is work."""
-    # The writer is not restarted: rows it buffered would be lost without the driver knowing,
-    # so its death fails the job, and the rerun resumes from the manifest.
-    writer = remote_class(WriterActor, cfg.ray, "writer", max_restarts=0).remote(
-        out, cfg.shards, cfg.hash(), __version__, failures)
-    return Pools([], [], [], [], writer)
+    # [writer pool] Writers are not restarted: rows one buffered would be lost without the driver
+    # knowing, so a writer's death fails the job (WriterLost, one line) and the rerun resumes.
+    return Pools([], [], [], [], WriterPool(ray, cfg, out, failures))
 
 
 def add_cue_pools(ray, pools: Pools, cfg: Config, failures: tuple[FailurePlan, ...] = ()) -> None:
@@ -147,8 +147,9 @@ def add_trackers(ray, pools: Pools, cfg: Config, centroids: np.ndarray,
 
 
 def kill_pools(ray, pools: Pools) -> None:
-    for a in pools.flow + pools.depth + pools.features + pools.trackers + [pools.writer]:
+    for a in pools.flow + pools.depth + pools.features + pools.trackers:
         ray.kill(a, no_restart=True)
+    pools.writer.kill()  # [writer pool]
 
 
 # --------------------------------------------------------------------------- progress
@@ -346,7 +347,6 @@ class Pass2:
         self.videos: dict[str, VideoState] = {}
         self.queue: deque[ChunkJob] = deque()
         self.active: list[ChunkJob] = []
-        self.write_refs: list = []
         self.retries = 0
         self.labelled = 0
         self.skipped: dict[str, str] = {}
@@ -426,7 +426,7 @@ class Pass2:
             other.tracker.drop.remote(other.stream)
             other.depth.drop.remote(other.stream)
             self.free_trackers.append(other.tracker)
-        self.write_refs.append(self.pools.writer.record_skipped.remote(vid, reason))
+        self.pools.writer.record_skipped(vid, reason)  # [writer pool]
 
     def _finished(self, job: ChunkJob, info: dict) -> None:
         self.active.remove(job)
@@ -441,8 +441,8 @@ class Pass2:
                                                self.cfg.labeling.tau_m, f"video {job.video_id!r}")
             state.prev_tail = to_global(fin["tail"], id_map)
             if k > 0:
-                self.write_refs.append(self.pools.writer.set_id_map.remote(key, id_map))
-            self.write_refs.append(self.pools.writer.release.remote(key))
+                self.pools.writer.set_id_map(key, id_map)  # [writer pool]
+            self.pools.writer.release(key)
             state.stats.append(ThingStuffStats.from_state_dict(fin["stats"]))
             state.mapped += 1
             del state.finished[k]
@@ -450,7 +450,7 @@ class Pass2:
             merged = merge_thing_stuff(state.stats)
             n = self.source.num_frames(job.video_id)
             entry = {"in_instance": merged.in_instance.tolist(), "total": merged.total.tolist(), "frames": n}
-            self.write_refs.append(self.pools.writer.record_video.remote(VIDEO_STATS_KEY, job.video_id, entry))
+            self.pools.writer.record_video(VIDEO_STATS_KEY, job.video_id, entry)  # [writer pool]
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> None:
@@ -476,21 +476,14 @@ class Pass2:
                 self._abort(job, exc)
                 continue
             if info["rows"]:
-                self.write_refs.append(self.pools.writer.write.remote(job.key, rows_ref, job.index == 0))
+                self.pools.writer.write(job.key, rows_ref, job.index == 0)  # [writer pool]
                 self.labelled += info["rows"]
                 self.progress.update(ray, info["rows"])
             self.progress.add_busy("tracker", info["busy_s"])
-            if len(self.write_refs) > 64:
-                self._drain_writes(keep=16)
+            self.pools.writer.drain(keep=self.cfg.ray.writer.replicas * 16)  # [writer pool] commits too
             if info["done"]:
                 self._finished(job, info)
-        self._drain_writes(keep=0)
-
-    def _drain_writes(self, keep: int) -> None:
-        """Wait for writer calls (errors there are fatal: the output would be incomplete)."""
-        while len(self.write_refs) > keep:
-            ready, self.write_refs = self.ray.wait(self.write_refs, num_returns=len(self.write_refs) - keep)
-            self.ray.get(ready)
+        self.pools.writer.drain(keep=0)  # [writer pool] errors there are fatal (WriterLost)
 
 
 # --------------------------------------------------------------------------- entry point
@@ -516,11 +509,15 @@ def run_ray(cfg: Config, input_spec: str | os.PathLike | FrameSource, out: str |
 
 def _run(ray, cfg: Config, source: FrameSource, out: str, pools: Pools, progress: bool,
          failures: tuple[FailurePlan, ...], t0: float, k: int) -> dict[str, Any]:
-    committed = ray.get(pools.writer.setup.remote())  # checks the config hash first
-    per_video = dict(ray.get(pools.writer.meta.remote(VIDEO_STATS_KEY, {})))
+    # [writer pool] the config hash was checked when the pool opened the directory; resume
+    # verifies the committed shards of this corpus and retracts damaged ones (issue 17 #2)
     videos = source.videos()
+    pools.writer.repair(videos)
+    pools.writer.setup()
+    committed = pools.writer.committed_counts()
+    per_video = dict(pools.writer.meta(VIDEO_STATS_KEY, {}))
     todo = [v for v in videos if not (v in per_video and per_video[v].get("frames") == source.num_frames(v)
-                                      and len(committed.get(v, ())) >= source.num_frames(v))]
+                                      and committed.get(v, 0) >= source.num_frames(v))]
     centroids = load_centroids_any(out, k)
     bad_inputs: dict[str, str] = {}
     if todo or centroids is None:
@@ -551,22 +548,23 @@ def _run(ray, cfg: Config, source: FrameSource, out: str, pools: Pools, progress
             sched.add_video(vid)
         sched.run()
         bar.collect(ray, timeout=None)
-        counts = ray.get(pools.writer.finish.remote())
+        counts = pools.writer.finish()  # [writer pool]
     finally:
         bar.close()
     label_s = time.perf_counter() - t_label
 
-    per_video = dict(ray.get(pools.writer.meta.remote(VIDEO_STATS_KEY, {})))
+    per_video = dict(pools.writer.meta(VIDEO_STATS_KEY, {}))  # [writer pool]
     entries = [ThingStuffStats(k, np.array(e["in_instance"], np.int64), np.array(e["total"], np.int64))
                for v, e in sorted(per_video.items()) if v in set(videos)]
     merged = merge_thing_stuff(entries or [ThingStuffStats(k)])
     things = merged.thing_classes(cfg.labeling.psi)
-    skipped = dict(ray.get(pools.writer.meta.remote(SKIPPED_KEY, {})))
+    skipped = dict(pools.writer.meta(SKIPPED_KEY, {}))  # [writer pool]
     meta = {"thing_classes": list(things), "ratios": [round(float(r), 6) for r in merged.ratios()],
             "psi": cfg.labeling.psi, "num_clusters": k, "centroids": CENTROIDS_FILE,
             "ignore_label": cfg.labeling.ignore_label, "config_hash": cfg.hash(),
             "code_version": __version__, "videos": videos}
-    ray.get(pools.writer.set_meta.remote(META_KEY, meta))
+    pools.writer.set_meta(META_KEY, meta)  # [writer pool]
+    pools.writer.commit()
     return {"out": out, "videos": len(videos), "frames": sched.labelled, "written": counts["written"],
             "skipped": counts["skipped"], "shards": counts["shards"], "thing_classes": list(things),
             "centroids": cent_path, "seconds": round(time.perf_counter() - t0, 2),
