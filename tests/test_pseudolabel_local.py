@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
@@ -92,7 +91,7 @@ def test_read_pseudolabels_applies_split(labelled):
 
 def test_rerun_skips_everything(labelled):
     cfg, root, out, _ = labelled
-    before = json.loads((out / "manifest.json").read_text())
+    before = read_manifest(out)
     again = run_local(cfg, root, out, progress=False)
     assert again["frames"] == 0 and again["written"] == 0
     after = read_manifest(out)

@@ -6,48 +6,12 @@ import numpy as np
 import pytest
 
 from videocups_ray.actors.base import FailurePlan
-from videocups_ray.actors.writer import SKIPPED_KEY, WriterActor, apply_id_map
+from videocups_ray.stages.chunks import apply_id_map
 from videocups_ray.config import Config, with_overrides
-from videocups_ray.data.shards import read_manifest, read_shards
+from videocups_ray.data.shards import read_shards
 from videocups_ray.data.types import DataError
 from videocups_ray.stages.chunks import plan_chunks, stitch_ids
 from videocups_ray.pipelines.streaming import StreamingPseudoLabeler, StreamRunner
-
-
-def _row(vid: str, i: int, inst_id: int = 1) -> dict:
-    inst = np.zeros((8, 8), np.int32)
-    inst[2:5, 2:5] = inst_id
-    return {"video_id": vid, "frame_index": i, "image": np.full((8, 8, 3), i, np.uint8),
-            "semantic": np.full((8, 8), 3, np.uint8), "instance": inst, "ignore": np.zeros((8, 8), bool)}
-
-
-def test_writer_actor_exactly_once_and_held_chunks(tmp_path):
-    cfg = Config().shards.model_copy(update={"rows_per_shard": 2})
-    w = WriterActor(str(tmp_path), cfg, "h", "v")
-    assert w.setup() == {}
-    assert w.write("a@0", [_row("a", 0), _row("a", 1)], mapped=True) == 2
-    assert w.write("a@0", [_row("a", 1)], mapped=True) == 0  # a redone chunk re-sends frame 1
-    assert w.write("a@2", [_row("a", 2, inst_id=7)], mapped=False) == 0  # held: no ID map yet
-    assert w.set_id_map("a@2", {7: 3}) == 1
-    w.release("a@2")
-    w.record_skipped("bad", "DataError: frame 3 undecodable")
-    counts = w.finish()
-    assert counts["duplicates"] == 1 and counts["written"] == 3
-    frames = {f.frame_index: f for f in read_shards(tmp_path)}
-    assert sorted(frames) == [0, 1, 2] and set(np.unique(frames[2].instance)) == {0, 3}
-    assert read_manifest(tmp_path)["meta"][SKIPPED_KEY] == {"bad": "DataError: frame 3 undecodable"}
-    w2 = WriterActor(str(tmp_path), cfg, "h", "v")  # resume: committed keys come back
-    assert w2.setup() == {"a": [0, 1, 2]}
-    with pytest.raises(DataError, match="config hash"):
-        WriterActor(str(tmp_path), cfg, "other", "v").setup()
-
-
-def test_writer_refuses_to_finish_with_held_rows(tmp_path):
-    w = WriterActor(str(tmp_path), Config().shards, "h", "v")
-    w.setup()
-    w.write("a@5", [_row("a", 5)], mapped=False)
-    with pytest.raises(DataError, match="a@5"):
-        w.finish()
 
 
 def test_plan_chunks_cover_every_frame_once():

@@ -65,6 +65,13 @@ class ShardConfig(_Section):
     compression: Literal["zstd", "snappy", "none"] = "zstd"  # Parquet page compression
     compression_level: int = Field(3, ge=1, le=22)  # zstd level
     png_level: int = Field(1, ge=0, le=9)  # zlib level of PNG-encoded columns (0-9; 1 = fast)
+    # --- commit log and resume (data/manifest.py; measured in bench_shards.py)
+    manifest_compact_every: int = Field(256, ge=2)  # commits (one small object each) merged into a segment
+    manifest_fanout: int = Field(8, ge=2)  # segments of one level merged into one of the next
+    # what a resume / `train --shards` checks of the committed shards it relies on: "checksum" reads
+    # each one once (sha256), "size" only lists them; a damaged shard is retracted and its frames redone
+    verify_on_resume: Literal["checksum", "size", "none"] = "checksum"
+    verify_workers: int = Field(4, ge=1)  # threads reading shards for that check (I/O bound)
 
 
 # --------------------------------------------------------------------------- cues
@@ -194,10 +201,9 @@ class RayConfig(_Section):
     depth: ActorResources = ActorResources()
     features: ActorResources = ActorResources()
     tracker: ActorResources = ActorResources(num_cpus=0.25)
-    writer: ActorResources = ActorResources(num_cpus=0.25)
+    writer: ActorResources = ActorResources(num_cpus=0.25)  # replicas = size of the shard writer pool
     reader: ActorResources = ActorResources(num_cpus=0.25, replicas=2)  # decode next to the data; streams spread over them
-    write_drain_max: int = Field(64, ge=1)  # writer calls in flight before the driver waits for some (bounds queued rows)
-    write_drain_keep: int = Field(16, ge=0)  # writer calls left in flight after such a wait (keeps the writer busy)
+    write_drain_keep: int = Field(16, ge=0)  # writer calls left in flight per writer when the driver drains (backpressure)
     max_videos_in_flight: int = Field(4, ge=1)  # streams processed at once
     max_frames_in_flight: int = Field(8, ge=1)  # per stream
     chunk_frames: int = Field(300, ge=4)  # long videos are cut into chunks of this length

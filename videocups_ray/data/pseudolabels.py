@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from videocups_ray.data.shards import read_manifest, read_shards
+from videocups_ray.data.shards import is_shard_dir, read_manifest, read_shards  # noqa: F401 - is_shard_dir re-exported
 from videocups_ray.data.types import DataError, Frame
 from videocups_ray.labeling.thingstuff import apply_thing_stuff
 
@@ -31,7 +31,6 @@ FIT_RECORD_FILE = "centroids.json"
 META_KEY = "pseudolabel"
 VIDEO_STATS_KEY = "thingstuff_per_video"
 SKIPPED_KEY = "skipped_videos"
-MANIFEST_FILE = "manifest.json"
 
 
 class OutputError(DataError):
@@ -105,14 +104,6 @@ def save_output_centroids(out: str | os.PathLike, cents: np.ndarray, record: dic
     np.save(buf, np.asarray(cents, np.float32), allow_pickle=False)
     _write_atomic(out, FIT_RECORD_FILE, json.dumps(record, sort_keys=True).encode())
     return _write_atomic(out, CENTROIDS_FILE, buf.getvalue())
-
-
-def is_shard_dir(path: str | os.PathLike) -> bool:
-    fs, base = output_fs(path)
-    try:
-        return fs.get_file_info(f"{base}/{MANIFEST_FILE}").type == pafs.FileType.File
-    except OSError:
-        return False
 
 
 def pseudolabel_meta(shard_dir: str | os.PathLike) -> dict:

@@ -51,7 +51,7 @@ from videocups_ray.data.pseudolabels import (  # noqa: F401 - re-exported for ca
     read_pseudolabels,
     save_output_centroids,
 )
-from videocups_ray.data.shards import ShardWriter, read_manifest
+from videocups_ray.data.shards import ShardWriter
 from videocups_ray.data.inputs import SYNTH_SPEC, MemorySource, open_input, synth_source  # noqa: F401 - re-exported
 from videocups_ray.data.sources import FrameSource
 from videocups_ray.data.types import DataError, Frame
@@ -133,13 +133,14 @@ def run_local(cfg: Config, input_spec: str | os.PathLike | FrameSource, out: str
     stages = stages or CueStages.from_config(cfg)
     if own_stages:
         stages.setup()
-    meta = dict(read_manifest(out).get("meta", {})) if is_shard_dir(out) else {}
+    videos = source.videos()
+    # resume checks the committed shards of these videos (shards.verify_on_resume); a damaged
+    # one is retracted and its frames labelled again (issue 17 #2)
+    writer.repair(videos, cfg.shards.verify_on_resume)
+    meta = writer.manifest.meta()
     per_video: dict[str, dict] = dict(meta.get(VIDEO_STATS_KEY, {}))
     skipped: dict[str, str] = {}
-    committed: dict[str, int] = {}
-    for vid, _ in writer.committed_keys():
-        committed[vid] = committed.get(vid, 0) + 1
-    videos = source.videos()
+    committed = writer.committed_counts()
     total = sum(source.num_frames(v) for v in videos)
     bar = tqdm(total=total, desc="pseudolabel", unit="frame", disable=not progress)
     labelled = 0
@@ -169,14 +170,15 @@ def run_local(cfg: Config, input_spec: str | os.PathLike | FrameSource, out: str
                 done = writer.summary.written + writer.summary.skipped - before
                 labelled += done
                 bar.update(done)
-            writer.set_meta(VIDEO_STATS_KEY, per_video)
+            writer.set_video_meta(VIDEO_STATS_KEY, vid, per_video[vid])  # one record per video
         writer.flush()
     finally:
         bar.close()
         if own_stages:
             stages.teardown()
+    for vid, reason in skipped.items():
+        writer.set_video_meta(SKIPPED_KEY, vid, reason)
     skipped_all = {**{v: r for v, r in meta.get(SKIPPED_KEY, {}).items() if v not in per_video}, **skipped}
-    writer.set_meta(SKIPPED_KEY, skipped_all)
     result = corpus_meta(cfg, per_video, videos)
     writer.set_meta(META_KEY, result)
     return {"out": out, "videos": len(videos), "frames": labelled, "written": writer.summary.written,

@@ -12,7 +12,7 @@ Actor graph (one pool per kind, resources from ``cfg.ray.<kind>``)::
                                TrackerActor (one per stream in flight, reorders by seq)
                                                                                      │ rows ref
                                                                                      ▼
-                               WriterActor (atomic shards + manifest, exactly once)
+                               WriterActor pool (shard files; the driver commits them)
 
 The driver moves only ids, ObjectRefs and small metadata (frame counts, chunk results): it
 never decodes a frame, never fetches a cue, never touches a row. It keeps
@@ -49,7 +49,6 @@ from videocups_ray.actors.base import FailurePlan, StreamStateLost, device_for, 
 from videocups_ray.actors.cues import DepthActor, FeatureActor, FlowActor
 from videocups_ray.actors.reader import ReaderActor
 from videocups_ray.actors.tracker import TrackerActor
-from videocups_ray.actors.writer import WriterActor
 from videocups_ray.config import Config
 from videocups_ray.data.pseudolabels import (
     CENTROIDS_FILE,
@@ -63,6 +62,7 @@ from videocups_ray.data.sources import FrameSource
 from videocups_ray.data.types import DataError
 from videocups_ray.labeling import KMeansStats
 from videocups_ray.pipelines.ray_runtime import ray_session
+from videocups_ray.pipelines.writer_pool import WriterPool
 from videocups_ray.stages import ChunkSpec
 from videocups_ray.stages.centroids import FitRecord, fit_centroids_from_samples, fit_positions
 from videocups_ray.stages.chunks import VideoStitcher, chunk_key, plan_chunks
@@ -81,7 +81,7 @@ class Pools:
     depth: list
     features: list
     trackers: list
-    writer: Any
+    writer: WriterPool  # driver-side handle of the shard writer pool (pipelines/writer_pool.py)
     _rr: dict = field(default_factory=lambda: {"readers": 0, "flow": 0, "depth": 0, "features": 0})
 
     def next(self, kind: str):
@@ -90,15 +90,14 @@ class Pools:
         return pool[self._rr[kind]]
 
     def all(self) -> list:
-        return self.readers + self.flow + self.depth + self.features + self.trackers + [self.writer]
+        return self.readers + self.flow + self.depth + self.features + self.trackers
 
 
 def make_pools(ray, cfg: Config, input_spec, out: str, failures: tuple[FailurePlan, ...] = ()) -> Pools:
-    """Readers and the writer; cue pools and trackers come later, only if there is work."""
-    # The writer is not restarted: rows it buffered would be lost without the driver knowing,
-    # so its death fails the job, and the rerun resumes from the manifest.
-    writer = remote_class(WriterActor, cfg.ray, "writer", max_restarts=0).remote(
-        out, cfg.shards, cfg.hash(), __version__, failures)
+    """Readers and the writer pool; cue pools and trackers come later, only if there is work."""
+    # Writers are not restarted: rows one buffered would be lost without the driver knowing, so
+    # a writer's death fails the job (WriterLost, one line) and the rerun resumes.
+    writer = WriterPool(ray, cfg, out, failures)
     spec = ray.put(input_spec) if isinstance(input_spec, FrameSource) else os.fspath(input_spec)
     reader_cls = remote_class(ReaderActor, cfg.ray, "reader")
     readers = [reader_cls.remote(spec, cfg.synth, failures) for _ in range(cfg.ray.reader.replicas)]
@@ -128,6 +127,7 @@ def add_trackers(ray, pools: Pools, cfg: Config, centroids: np.ndarray,
 def kill_pools(ray, pools: Pools) -> None:
     for a in pools.all():
         ray.kill(a, no_restart=True)
+    pools.writer.kill()
 
 
 def is_state_lost(exc: BaseException) -> bool:
@@ -307,7 +307,6 @@ class Pass2:
         self.videos: dict[str, VideoStitcher] = {}
         self.queue: deque[ChunkJob] = deque()
         self.active: list[ChunkJob] = []
-        self.write_refs: list = []
         self.retries = 0
         self.labelled = 0
         self.skipped: dict[str, str] = {}
@@ -380,7 +379,7 @@ class Pass2:
         for other in [j for j in self.active if j.video_id == vid]:
             self._release(other)
             other.tracker.drop.remote(other.stream)
-        self.write_refs.append(self.pools.writer.record_skipped.remote(vid, reason))
+        self.pools.writer.record_skipped(vid, reason)
 
     def _finished(self, job: ChunkJob, info: dict) -> None:
         self._release(job)
@@ -389,11 +388,11 @@ class Pass2:
             return  # the video was skipped meanwhile
         for key, id_map in stitcher.finish(job.index, info["result"]):
             if not key.endswith("@0"):
-                self.write_refs.append(self.pools.writer.set_id_map.remote(key, id_map))
-            self.write_refs.append(self.pools.writer.release.remote(key))
+                self.pools.writer.set_id_map(key, id_map)
+            self.pools.writer.release(key)
         if stitcher.done:
             entry = stitcher.stats_entry(job.num_frames)
-            self.write_refs.append(self.pools.writer.record_video.remote(VIDEO_STATS_KEY, job.video_id, entry))
+            self.pools.writer.record_video(VIDEO_STATS_KEY, job.video_id, entry)
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> None:
@@ -416,21 +415,15 @@ class Pass2:
                 self._abort(job, exc)
                 continue
             if info["rows"]:
-                self.write_refs.append(self.pools.writer.write.remote(job.key, rows_ref, job.index == 0))
+                self.pools.writer.write(job.key, rows_ref, job.index == 0)
                 self.labelled += info["rows"]
                 self.progress.update(ray, info["rows"])
             self.progress.add_busy("tracker", info["busy_s"])
-            if len(self.write_refs) > self.cfg.ray.write_drain_max:
-                self._drain_writes(keep=self.cfg.ray.write_drain_keep)
+            # backpressure on the writers; commits what they returned as one generation
+            self.pools.writer.drain(keep=self.cfg.ray.write_drain_keep * self.cfg.ray.writer.replicas)
             if info["done"]:
                 self._finished(job, info)
-        self._drain_writes(keep=0)
-
-    def _drain_writes(self, keep: int) -> None:
-        """Wait for writer calls (errors there are fatal: the output would be incomplete)."""
-        while len(self.write_refs) > keep:
-            ready, self.write_refs = self.ray.wait(self.write_refs, num_returns=len(self.write_refs) - keep)
-            self.ray.get(ready)
+        self.pools.writer.drain(keep=0)  # errors there are fatal (WriterLost)
 
 
 # --------------------------------------------------------------------------- entry point
@@ -454,12 +447,15 @@ def run_ray(cfg: Config, input_spec: str | os.PathLike | FrameSource, out: str |
 
 def _run(ray, cfg: Config, out: str, pools: Pools, failures: tuple[FailurePlan, ...], progress: bool,
          t0: float) -> dict[str, Any]:
-    counts_ref = pools.readers[0].describe.remote()
-    committed = ray.get(pools.writer.setup.remote())  # checks the config hash first
-    counts: dict[str, int] = ray.get(counts_ref)
+    counts: dict[str, int] = ray.get(pools.readers[0].describe.remote())
     videos = list(counts)
-    per_video = dict(ray.get(pools.writer.meta.remote(VIDEO_STATS_KEY, {})))
-    todo = [v for v in videos if not video_done(per_video.get(v), len(committed.get(v, ())), counts[v])]
+    # the config hash was checked when the pool opened the directory; resume verifies the
+    # committed shards of this corpus and retracts damaged ones (issue 17 #2)
+    pools.writer.repair(videos)
+    pools.writer.setup()
+    committed = pools.writer.committed_counts()
+    per_video = dict(pools.writer.meta(VIDEO_STATS_KEY, {}))
+    todo = [v for v in videos if not video_done(per_video.get(v), committed.get(v, 0), counts[v])]
     skipped: dict[str, str] = {}
 
     def decodable(vid: str) -> bool:
@@ -470,7 +466,7 @@ def _run(ray, cfg: Config, out: str, pools: Pools, failures: tuple[FailurePlan, 
             return False
         return True
 
-    labelled_before = sum(len(v) for v in committed.values())
+    labelled_before = sum(committed.values())
     centroids = reusable_centroids(cfg, counts, out, labelled_before, decodable)
     if todo or centroids is None:
         add_cue_pools(ray, pools, cfg, failures)
@@ -498,15 +494,16 @@ def _run(ray, cfg: Config, out: str, pools: Pools, failures: tuple[FailurePlan, 
             sched.add_video(vid)
         sched.run()
         bar.collect(ray, timeout=None)
-        counts_w = ray.get(pools.writer.finish.remote())
+        counts_w = pools.writer.finish()
     finally:
         bar.close()
     label_s = time.perf_counter() - t_label
 
-    per_video = dict(ray.get(pools.writer.meta.remote(VIDEO_STATS_KEY, {})))
-    skipped_all = dict(ray.get(pools.writer.meta.remote(SKIPPED_KEY, {})))
+    per_video = dict(pools.writer.meta(VIDEO_STATS_KEY, {}))
+    skipped_all = dict(pools.writer.meta(SKIPPED_KEY, {}))
     meta = corpus_meta(cfg, per_video, videos)
-    ray.get(pools.writer.set_meta.remote(META_KEY, meta))
+    pools.writer.set_meta(META_KEY, meta)
+    pools.writer.commit()
     return {"out": out, "videos": len(videos), "frames": sched.labelled, "written": counts_w["written"],
             "skipped": counts_w["skipped"], "shards": counts_w["shards"], "thing_classes": meta["thing_classes"],
             "centroids": cent_path, "seconds": round(time.perf_counter() - t0, 2),
