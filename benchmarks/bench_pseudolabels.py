@@ -165,7 +165,7 @@ def bench_kitti(base: Config, out: Path) -> None:
     if not KITTI.is_dir():
         print(f"\nKITTI-STEP sample not found at {KITTI}; skipped")
         return
-    cfg = with_overrides(base, cues={"depth": {"focal": 721.5}},
+    cfg = with_overrides(base, camera={"focal": 721.5},
                          labeling={"kmeans_frames_per_video": 9})
     gt = open_source(KITTI)
     source = MemorySource(list(gt), has_labels=True)

@@ -89,3 +89,66 @@ def test_stream_runner_backpressure_drop_is_counted(tiny):
     assert not labelled & dropped
     with pytest.raises(ValueError, match="policy"):
         StreamRunner(StreamingPseudoLabeler(cfg, cents), got.append, max_pending=1, policy="maybe")
+
+
+# --------------------------------------------------------------------------- issue 17 review fixes
+def test_cuda_stage_in_an_actor_without_gpu_is_an_error():
+    """device_for used to warn and run on CPU; a configured device that is absent is an error."""
+    from videocups_ray.actors.base import DeviceError, device_for
+    from videocups_ray.config import ActorResources
+
+    with pytest.raises(DeviceError, match=r"depth actor: stage cues\.depth .*'cuda'.*num_gpus"):
+        device_for(ActorResources(num_gpus=0), "cuda", actor="depth", stage="cues.depth")
+    assert device_for(ActorResources(num_gpus=0.5), "cuda:0", actor="depth", stage="cues.depth") == "cuda:0"
+    assert device_for(ActorResources(), "cpu", actor="flow", stage="cues.flow") == "cpu"
+
+
+class _FakeRay:
+    """``wait`` / ``get`` over plain values; a value that is an exception is raised by ``get``."""
+
+    @staticmethod
+    def wait(refs, num_returns, timeout=None, fetch_local=True):
+        return refs[:num_returns], refs[num_returns:]
+
+    @staticmethod
+    def get(ref):
+        if isinstance(ref, BaseException):
+            raise ref
+        return ref
+
+
+def test_progress_counts_failed_calls_and_logs_unexpected_errors(caplog):
+    """Progress.collect swallowed every exception at debug level; expected failures (a task
+    or an actor that failed, handled where its result is used) are counted, others logged."""
+    from videocups_ray.pipelines.ray_pseudolabel import Progress
+
+    p = Progress(10, {"flow": 1}, enabled=False)
+    for ref in (0.5, DataError("frame 3 undecodable"), ZeroDivisionError("bug"), 0.25):
+        p.add_busy_ref("flow", ref)
+    with caplog.at_level("ERROR"):
+        p.collect(_FakeRay())
+    assert p.busy["flow"] == pytest.approx(0.75) and p.failed_calls == 1
+    assert any("could not be read" in r.message and r.exc_info for r in caplog.records)
+
+
+def test_write_drain_threshold_is_a_config_field():
+    from videocups_ray.config import RayConfig
+
+    assert RayConfig().write_drain_keep == 16
+    with pytest.raises(Exception, match="write_drain_keep"):
+        with_overrides(Config(), ray={"write_drain_keep": -1})
+
+
+def test_s3_output_never_creates_a_local_folder(tmp_path, monkeypatch):
+    """``--out s3://b/x`` used to write ./s3:/b/x; with no reachable endpoint it is one line."""
+    from videocups_ray.data.inputs import MemorySource, synth_source
+    from videocups_ray.pipelines.pseudolabel import run_local
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    cfg = with_overrides(Config(), synth={"sequences": 1, "frames": 2, "height": 32, "width": 64})
+    src = MemorySource(list(synth_source(cfg.synth)))
+    with pytest.raises(DataError) as err:
+        run_local(cfg, src, "s3://no-such-bucket-videocups/x", progress=False)
+    assert "s3://no-such-bucket-videocups/x" in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "s3:").exists() and list(tmp_path.iterdir()) == []

@@ -91,15 +91,12 @@ class DepthConfig(_Section):
     """Depth and motion probability (DESIGN.md section 5)."""
 
     backend: Literal["geometry", "monodepth", "oracle"] = "geometry"
-    camera_height: float = Field(1.65, gt=0)  # metres; fixes the metric scale of geometry
     min_parallax: float = Field(0.5, ge=0)  # px; below it triangulation is unreliable
     ransac_threshold: float = Field(0.5, gt=0)  # px; essential-matrix inlier threshold (bench_cues.py)
     translation_prior_deg: float | None = Field(10.0, gt=0)  # deg; ego heading prior around the optical axis, None = off
     motion_sigma: float = Field(2.0, gt=0)  # px; Sampson residual giving motion prob 0.5 (DIS noise ~1 px)
     max_depth: float = Field(80.0, gt=0)  # metres; depth is clipped here
     min_depth: float = Field(0.5, gt=0)  # metres; depth is clipped here from below
-    focal: float | None = Field(None, gt=0)  # px; used when a frame has no extra["K"] (KITTI ~721)
-    focal_scale: float = Field(0.9, gt=0)  # focal = focal_scale * width when focal is None
     below_ground_ratio: float = Field(1.3, gt=1)  # static depth / road-plane depth above it = moving
     # depth / ground-contact depth ratio (either way) giving motion prob 0.5; None = cue off. bench_cues.py:
     # on oracle flow motion IoU 0.23 -> 0.57, on DIS flow recall up but false positives on trees (off by default)
@@ -118,7 +115,6 @@ class FeatureConfig(_Section):
     arch: Literal["vit_small_patch8", "vit_base_patch8"] = "vit_small_patch8"  # DINO layout
     crop_size: int = Field(224, ge=32)  # sliding-window crop, pixels (high-res pass)
     crop_overlap: float = Field(0.5, ge=0, lt=1)  # fraction of crop overlap
-    focal_scale: float = Field(0.9, gt=0)  # focal / width (px/px) for geometry when no K is given
     # handmade descriptor (bench_cues.py): groups are z-scored per frame and balanced, then weighted
     context_sigmas: tuple[float, ...] = (2.0, 6.0)  # Gaussian context radii, feature-map px (colour, texture)
     smooth_sigma: float = Field(1.5, ge=0)  # Gaussian smoothing of the whole descriptor, feature-map px; 0 = off
@@ -129,6 +125,16 @@ class FeatureConfig(_Section):
     checkpoint: str | None = None
     device: str = "cpu"
     batch_size: int = Field(4, ge=1)
+
+
+class CameraConfig(_Section):
+    """The recording camera as the cues assume it (depth and features share it). SynthDrive's own
+    rig is ``synth.focal_scale`` / ``synth.camera_height`` (the truth it renders, written into each
+    frame's K, which the cues then use instead of this section)."""
+
+    focal: float | None = Field(None, gt=0)  # px; used when a frame has no extra["K"] (KITTI ~721)
+    focal_scale: float = Field(0.9, gt=0)  # focal = focal_scale * width when focal is None (px/px)
+    camera_height: float = Field(1.65, gt=0)  # metres above the road; fixes the metric scale of geometry depth
 
 
 class CuesConfig(_Section):
@@ -210,11 +216,17 @@ class RayConfig(_Section):
     max_restarts: int = Field(3, ge=0)  # actor restarts before a chunk is failed
     chunk_overlap: int = Field(2, ge=2)  # frames shared by consecutive chunks (vote window + ID stitching)
     max_chunk_attempts: int = Field(3, ge=1)  # tries of one chunk (tracker/depth state lost) before it is skipped
-    stream_backpressure: Literal["block", "drop"] = "block"  # streaming: wait, or drop new frames when full
-    stream_max_pending: int = Field(4, ge=1)  # streaming: frames accepted but not yet labelled, per stream
-    # streaming: first (provisional) label of frame t when t+1 arrives, t+1 stood in by cues of the pair
-    # (t, t+1) alone ("one_frame"), or when t+2 arrives with exact cues ("exact"); finals are exact either way
-    stream_latency: Literal["one_frame", "exact"] = "one_frame"
+
+
+class StreamConfig(_Section):
+    """Live streams (``videocups stream``, ``pipelines/stream_service.py``), per stream."""
+
+    backpressure: Literal["block", "drop"] = "block"  # when the queue is full: wait, or drop the new frame
+    max_pending: int = Field(4, ge=1)  # frames accepted but not yet labelled
+    # first (provisional) label of frame t when t+1 arrives, t+1 stood in by cues of the pair (t, t+1)
+    # alone ("one_frame", local engine), or when t+2 arrives with exact cues ("exact"; the Ray engine's
+    # trackers always work this way); final labels are exact either way
+    latency: Literal["one_frame", "exact"] = "one_frame"
 
 
 # --------------------------------------------------------------------------- model/train
@@ -295,23 +307,30 @@ class TrainConfig(_Section):
     flip_prob: float = Field(0.5, ge=0, le=1)  # augmentation: horizontal flip of a whole pair
     color_jitter: float = Field(0.1, ge=0, lt=1)  # augmentation: max relative brightness/contrast change
     copy_paste_bank: int = Field(64, ge=1)  # tubes kept per worker as copy-paste sources
-    # --- inference (pipelines/infer.py)
-    infer_batch_size: int = Field(4, ge=1)  # frames per model forward
-    infer_actors: int = Field(1, ge=1)  # Ray Data actors (one video per call) for the ray engine
-    infer_cpus_per_actor: float = Field(0.5, gt=0)  # logical CPUs per inference actor
-    infer_gpus_per_actor: float = Field(0.0, ge=0)  # GPUs per inference actor (fractional allowed)
+
+
+class InferConfig(_Section):
+    """Inference with a trained checkpoint (``videocups infer``, ``pipelines/infer.py``)."""
+
+    batch_size: int = Field(4, ge=1)  # frames per model forward
+    actors: int = Field(1, ge=1)  # Ray Data actors (one video per call) for the ray engine
+    cpus_per_actor: float = Field(0.5, gt=0)  # logical CPUs per inference actor
+    gpus_per_actor: float = Field(0.0, ge=0)  # GPUs per inference actor (fractional allowed)
 
 
 # --------------------------------------------------------------------------- top level
 class Config(_Section):
     synth: SynthConfig = SynthConfig()
     shards: ShardConfig = ShardConfig()
+    camera: CameraConfig = CameraConfig()
     cues: CuesConfig = CuesConfig()
     labeling: LabelingConfig = LabelingConfig()
     eval: EvalConfig = EvalConfig()
     ray: RayConfig = RayConfig()
+    stream: StreamConfig = StreamConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    infer: InferConfig = InferConfig()
 
     def hash(self) -> str:
         """Stable short hash of the full configuration (stored in shard manifests)."""

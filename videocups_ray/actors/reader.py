@@ -17,6 +17,8 @@ reason. A restarted reader has lost its open streams and answers :class:`StreamS
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 
 from videocups_ray.actors.base import FailureInjector, FailurePlan, StreamStateLost
@@ -36,13 +38,22 @@ class ReaderActor:
                  failures: tuple[FailurePlan, ...] = ()):
         self._spec, self._synth = spec, synth
         self._source: FrameSource | None = None
+        self._staging: str | None = None
         self._streams: dict[str, tuple[Iterator[PairBatch], int]] = {}  # name -> (batches, next seq)
         self._fail = FailureInjector(self.kind, failures)
 
     def setup(self) -> bool:
         if self._source is None:
-            self._source = open_input(self._spec, self._synth)
+            self._staging = tempfile.mkdtemp(prefix="vcr-reader-")  # private (0700): remote inputs land here
+            self._source = open_input(self._spec, self._synth, self._staging)
         return True
+
+    def teardown(self) -> None:
+        """Forget the streams and delete what was copied from remote storage."""
+        self._streams.clear()
+        if self._staging:
+            shutil.rmtree(self._staging, ignore_errors=True)
+        self._source = self._staging = None
 
     def describe(self) -> dict[str, int]:
         """``video -> frame count`` (metadata only; no frame is decoded)."""

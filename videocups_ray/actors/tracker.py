@@ -41,15 +41,16 @@ class TrackerActor:
 
     kind = "tracker"
 
-    def __init__(self, cfg: Config, centroids: np.ndarray, failures: tuple[FailurePlan, ...] = ()):
-        self._cfg = cfg
+    def __init__(self, cfg: Config, centroids: np.ndarray, failures: tuple[FailurePlan, ...] = (),
+                 emit: str = "clip"):
+        self._cfg, self._emit = cfg, emit  # emit="online": live streams also get provisional labels
         self._centroids = np.asarray(centroids, np.float32)
         self._label: LabelStage | None = None
         self._stream: _Stream | None = None
         self._fail = FailureInjector(self.kind, failures)
 
     def setup(self) -> bool:
-        self._label = LabelStage(self._cfg, self._centroids)
+        self._label = LabelStage(self._cfg, self._centroids, emit=self._emit)
         self._label.setup()
         return True
 
@@ -78,8 +79,10 @@ class TrackerActor:
         if batch.seq < st.next_seq or batch.seq in st.buffer:
             raise StreamStateLost(f"tracker: stream {batch.stream} got batch {batch.seq} twice")
         st.buffer[batch.seq] = (batch, flow, depth, feats)
+        provisional: list[int] = []
         while st.next_seq in st.buffer:
-            st.labels.process(*st.buffer.pop(st.next_seq))
+            labelled = st.labels.process(*st.buffer.pop(st.next_seq))
+            provisional += [int(lf.frame_index) for lf in labelled if not lf.final]
             st.next_seq += 1
             if final_seq is not None and st.next_seq > final_seq:
                 st.labels.finish()
@@ -90,7 +93,7 @@ class TrackerActor:
             self._stream = None
             raise StreamStateLost(f"tracker: stream {batch.stream} is missing batches {missing[:8]} "
                                   "(actor restarted?); the chunk must be redone")
-        return self._reply(st, t)
+        return self._reply(st, t, provisional)
 
     def finish(self, stream: str, seq: int) -> tuple[list[dict], dict]:
         """End a live stream after its batch ``seq - 1``: close the open clip early, return the rows."""
@@ -107,10 +110,11 @@ class TrackerActor:
             self._stream = None
 
     # ------------------------------------------------------------------ helpers
-    def _reply(self, st: _Stream, t: float) -> tuple[list[dict], dict]:
+    def _reply(self, st: _Stream, t: float, provisional: list[int] = ()) -> tuple[list[dict], dict]:
         rows = st.labels.take_rows()
         info = {"stream": st.labels.name, "rows": len(rows), "busy_s": time.perf_counter() - t,
-                "frames": [r["frame_index"] for r in rows], "done": st.labels.done}
+                "frames": [r["frame_index"] for r in rows], "provisional": list(provisional),
+                "done": st.labels.done}
         if st.labels.done:
             info["result"] = st.labels.result()
             self._stream = None

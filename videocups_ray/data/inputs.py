@@ -63,7 +63,7 @@ def stage_remote(uri: str, into: str | None = None) -> str:
         fs, path = pafs.FileSystem.from_uri(uri)
         info = fs.get_file_info(path)
     except (OSError, pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as exc:
-        raise DataError(f"{uri}: cannot be opened ({str(exc).splitlines()[0]})") from None
+        raise DataError(f"{uri}: cannot be opened ({(str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]})") from None
     if info.type == pafs.FileType.NotFound:
         raise DataError(f"{uri}: no such file or folder")
     into = into or tempfile.mkdtemp(prefix="vcr-input-")
@@ -72,17 +72,18 @@ def stage_remote(uri: str, into: str | None = None) -> str:
     try:
         pafs.copy_files(path, dest, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
     except OSError as exc:
-        raise DataError(f"{uri}: copy to the reader failed ({str(exc).splitlines()[0]})") from None
+        raise DataError(f"{uri}: copy to the reader failed ({(str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]})") from None
     return dest
 
 
-def open_input(spec: str | os.PathLike | FrameSource, synth: SynthConfig) -> FrameSource:
-    """The :class:`FrameSource` of an input spec, opened here (see the module docstring)."""
+def open_input(spec: str | os.PathLike | FrameSource, synth: SynthConfig, staging: str | None = None) -> FrameSource:
+    """The :class:`FrameSource` of an input spec, opened here (see the module docstring);
+    remote inputs are copied under ``staging`` (the caller deletes it when done)."""
     if isinstance(spec, FrameSource):
         return spec
     spec = os.fspath(spec)
     if spec == SYNTH_SPEC:
         return synth_source(synth)
     if is_remote(spec):
-        return open_source(stage_remote(spec))
+        return open_source(stage_remote(spec, staging))
     return open_source(spec)

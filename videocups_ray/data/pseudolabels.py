@@ -45,8 +45,13 @@ def output_fs(out: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     try:
         fs, base = pafs.FileSystem.from_uri(out)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError, ValueError) as exc:
-        raise OutputError(f"{out}: cannot open this output location ({str(exc).splitlines()[0]})") from None
+        raise OutputError(f"{out}: cannot open this output location ({_first_line(exc)})") from None
     return fs, base.rstrip("/")
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:300] if lines else type(exc).__name__
 
 
 def join_uri(out: str | os.PathLike, name: str) -> str:
@@ -63,7 +68,7 @@ def _read(out: str | os.PathLike, name: str) -> bytes | None:
         with fs.open_input_stream(path) as f:
             return f.read()
     except OSError as exc:
-        raise OutputError(f"{join_uri(out, name)}: cannot be read ({str(exc).splitlines()[0]})") from None
+        raise OutputError(f"{join_uri(out, name)}: cannot be read ({_first_line(exc)})") from None
 
 
 def _write_atomic(out: str | os.PathLike, name: str, data: bytes) -> str:
@@ -79,7 +84,7 @@ def _write_atomic(out: str | os.PathLike, name: str, data: bytes) -> str:
             with fs.open_output_stream(f"{base}/{name}") as f:
                 f.write(data)
     except OSError as exc:
-        raise OutputError(f"{join_uri(out, name)}: cannot be written ({str(exc).splitlines()[0]})") from None
+        raise OutputError(f"{join_uri(out, name)}: cannot be written ({_first_line(exc)})") from None
     return join_uri(out, name)
 
 

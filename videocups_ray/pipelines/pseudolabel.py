@@ -47,6 +47,7 @@ from videocups_ray.data.pseudolabels import (  # noqa: F401 - re-exported for ca
     is_shard_dir,
     join_uri,
     load_output_centroids,
+    output_fs,
     pseudolabel_meta,
     read_pseudolabels,
     save_output_centroids,
@@ -126,8 +127,9 @@ def run_local(cfg: Config, input_spec: str | os.PathLike | FrameSource, out: str
     from tqdm import tqdm
 
     t0 = time.perf_counter()
-    source = resolve_source(cfg, input_spec)
     out = os.fspath(out)
+    output_fs(out)  # an unusable --out (s3:// without an endpoint, ...) is one line, before any work
+    source = resolve_source(cfg, input_spec)
     writer = ShardWriter(out, cfg.shards, cfg.hash(), __version__)  # checks the config hash first
     own_stages = stages is None
     stages = stages or CueStages.from_config(cfg)

@@ -56,6 +56,7 @@ from videocups_ray.data.pseudolabels import (
     SKIPPED_KEY,
     VIDEO_STATS_KEY,
     join_uri,
+    output_fs,
     save_output_centroids,
 )
 from videocups_ray.data.sources import FrameSource
@@ -125,6 +126,10 @@ def add_trackers(ray, pools: Pools, cfg: Config, centroids: np.ndarray,
 
 
 def kill_pools(ray, pools: Pools) -> None:
+    try:  # readers delete what they copied from remote storage
+        ray.get([r.teardown.remote() for r in pools.readers], timeout=30)
+    except Exception as exc:  # noqa: BLE001 - cleanup after the run: reported, never masks the run's own error
+        log.warning("readers did not clean up their staging folders: %s", type(exc).__name__)
     for a in pools.all():
         ray.kill(a, no_restart=True)
     pools.writer.kill()
@@ -437,6 +442,7 @@ def run_ray(cfg: Config, input_spec: str | os.PathLike | FrameSource, out: str |
     """
     t0 = time.perf_counter()
     out = os.fspath(out)
+    output_fs(out)  # an unusable --out is one line, before Ray starts
     with ray_session(cfg.ray) as ray:
         pools = make_pools(ray, cfg, input_spec, out, failures)
         try:

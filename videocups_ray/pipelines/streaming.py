@@ -4,7 +4,7 @@
 a time, through the shared per-stream scheduler (``videocups_ray/stages``). Frame t gets
 a *provisional* label (``final=False``) first, then, when its clip closes, the *final* one
 (clip-level class alignment, short tracks dropped). Final frames equal the corpus engines'
-rows bit for bit in both latency modes (``ray.stream_latency``):
+rows bit for bit in both latency modes (``stream.latency``):
 
 - ``"one_frame"`` (default): t is labelled when t+1 arrives. The vote window of t needs t+1,
   whose real proposal needs t+1's forward flow, i.e. frame t+2; so t+1 is stood in by cues of
@@ -22,7 +22,7 @@ rows bit for bit in both latency modes (``ray.stream_latency``):
 
 :class:`StreamRunner` adds arrival-time decoupling: a bounded queue between the producer
 (camera, file, watched folder) and a worker thread. When processing is slower than arrival,
-``ray.stream_backpressure`` decides: ``block`` (the producer waits; frames are never lost;
+``stream.backpressure`` decides: ``block`` (the producer waits; frames are never lost;
 waits counted) or ``drop`` (the newest frame is discarded, counted, logged once, and a dropped
 frame ends the current video segment, since the tracker needs consecutive frames). Both are
 reported in the summary, with latency (arrival -> first label, so waits count) and the
@@ -58,6 +58,7 @@ from videocups_ray.stages.centroids import fit_centroids
 
 log = logging.getLogger(__name__)
 LATENCY_MODES = ("one_frame", "exact")
+STREAM_URL_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")  # opened by OpenCV/FFmpeg
 
 
 class StreamingPseudoLabeler:
@@ -72,7 +73,7 @@ class StreamingPseudoLabeler:
     def __init__(self, cfg: Config, centroids: np.ndarray, *, stages: CueStages | None = None,
                  latency: Literal["one_frame", "exact"] | None = None):
         self.cfg = cfg
-        self.latency = cfg.ray.stream_latency if latency is None else latency
+        self.latency = cfg.stream.latency if latency is None else latency
         if self.latency not in LATENCY_MODES:
             raise ValueError(f"stream latency must be one of {LATENCY_MODES}, got {self.latency!r}")
         self.stages = stages or CueStages.from_config(cfg)
@@ -273,12 +274,13 @@ class StreamRunner:
 
 
 # --------------------------------------------------------------------------- sources
-def _camera_frames(index: int, video_id: str) -> Iterator[Frame]:
+def _camera_frames(index: int | str, video_id: str) -> Iterator[Frame]:
+    """Frames of a camera index or of a URL OpenCV/FFmpeg opens (rtsp://, http://, ...)."""
     import cv2
 
     cap = cv2.VideoCapture(index)
     if not cap.isOpened():
-        raise DataError(f"camera {index}: cannot be opened")
+        raise DataError(f"{'camera ' if isinstance(index, int) else ''}{index}: cannot be opened")
     try:
         i = 0
         while True:
@@ -310,9 +312,12 @@ def _watch_folder(folder: Path, video_id: str, idle_timeout_s: float, poll_s: fl
 
 
 def open_stream(source: str | int, *, idle_timeout_s: float = 5.0) -> Iterator[Frame]:
-    """Frames of a camera index, a video file, or a folder to watch."""
+    """Frames of a camera index, a stream URL, a video file, or a folder to watch."""
     if isinstance(source, int) or (isinstance(source, str) and source.isdigit()):
         return _camera_frames(int(source), f"camera{int(source)}")
+    if "://" in source and source.split("://", 1)[0].lower() in STREAM_URL_SCHEMES:
+        name = source.split("://", 1)[1].strip("/").replace("/", "_") or "stream"
+        return _camera_frames(source, name)
     path = Path(source)
     if path.is_dir():
         return _watch_folder(path, path.name or "stream", idle_timeout_s)
@@ -320,7 +325,7 @@ def open_stream(source: str | int, *, idle_timeout_s: float = 5.0) -> Iterator[F
         from videocups_ray.data.sources import open_source
 
         return iter(open_source(str(path)))
-    raise DataError(f"stream source {source!r}: not a camera index, a video file or a folder")
+    raise DataError(f"stream source {source!r}: not a camera index, a stream URL, a video file or a folder")
 
 
 # --------------------------------------------------------------------------- entry point
@@ -367,7 +372,7 @@ def run_stream(cfg: Config, source: str | int | Iterator[Frame], out: str | os.P
             for row in labeler.take_rows():
                 writer.add(**row)
 
-    runner = StreamRunner(labeler, deliver, max_pending=cfg.ray.stream_max_pending, policy=cfg.ray.stream_backpressure)
+    runner = StreamRunner(labeler, deliver, max_pending=cfg.stream.max_pending, policy=cfg.stream.backpressure)
     t0 = time.perf_counter()
     n = 0
     interrupted = False
@@ -389,7 +394,7 @@ def run_stream(cfg: Config, source: str | int | Iterator[Frame], out: str | os.P
     finally:
         labeler.close()
     writer.close()
-    summary = {"out": os.fspath(out), **stats.summary(), "policy": cfg.ray.stream_backpressure,
+    summary = {"out": os.fspath(out), **stats.summary(), "policy": cfg.stream.backpressure,
                "stream_latency": labeler.latency,
                "seconds": round(time.perf_counter() - t0, 2), "written": writer.summary.written,
                "interrupted": interrupted}

@@ -53,11 +53,9 @@ def check_fit_record(stored: dict | None, now: FitRecord, *, labelled: int, wher
     ``labelled``: frames already committed under ``where``; when the corpus changed and some
     exist, the run is refused (refitting would mix two sets of pseudo-classes in one output).
     """
-    if stored is None:
-        if labelled:
-            log.warning("%s: centroids have no fit record (written by an older version); reusing them", where)
-            return True
-        return False
+    if stored is None:  # brought by the user, or written by an older version
+        log.warning("%s: centroids have no fit record (%s); reusing them as they are", where, "centroids.json")
+        return True
     diffs = FitRecord.from_json(stored).differences(now)
     if not diffs:
         return True

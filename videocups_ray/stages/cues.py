@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from videocups_ray.config import Config, DepthConfig, FeatureConfig, FlowConfig
+from videocups_ray.config import CameraConfig, Config, DepthConfig, FeatureConfig, FlowConfig
 from videocups_ray.cues import DepthResult, FeatureResult, FlowResult, build_depth, build_features, build_flow
 from videocups_ray.cues.base import Estimator
 from videocups_ray.cues.depth import GeometryDepth
@@ -44,18 +44,18 @@ class _CueStage(ABC):
 
     resources = Resources()  # the Ray engines use ``cfg.ray.<kind>`` (``actors.base.remote_class``)
 
-    def __init__(self, section: FlowConfig | DepthConfig | FeatureConfig):
-        self.cfg = section
+    def __init__(self, section: FlowConfig | DepthConfig | FeatureConfig, camera: CameraConfig | None = None):
+        self.cfg, self.camera = section, camera
         self.batch_size = section.batch_size
         self._est = None
 
     @staticmethod
     @abstractmethod
-    def _build(section: FlowConfig | DepthConfig | FeatureConfig) -> Estimator:
-        """The estimator for this stage's config section (``build_flow`` etc.)."""
+    def _build(section: FlowConfig | DepthConfig | FeatureConfig, camera: CameraConfig | None) -> Estimator:
+        """The estimator for this stage's config section and the shared camera."""
 
     def setup(self, device: str | None = None) -> None:
-        self._est = self._build(self.cfg)
+        self._est = self._build(self.cfg, self.camera)
         self._est.setup(device or self.cfg.device)
 
     def _estimator(self) -> Estimator:
@@ -75,7 +75,7 @@ class _CueStage(ABC):
 class FlowStage(_CueStage):
     """Forward + backward flow and occlusion of frame pairs (``cfg.cues.flow``)."""
 
-    _build = staticmethod(build_flow)
+    _build = staticmethod(lambda section, camera: build_flow(section))
 
     def __init__(self, cfg: Config):
         super().__init__(cfg.cues.flow)
@@ -94,7 +94,7 @@ class DepthStage(_CueStage):
     _build = staticmethod(build_depth)
 
     def __init__(self, cfg: Config):
-        super().__init__(cfg.cues.depth)
+        super().__init__(cfg.cues.depth, cfg.camera)
         self._warned_last = False
 
     def reset(self) -> None:
@@ -160,7 +160,7 @@ class FeatureStage(_CueStage):
     _build = staticmethod(build_features)
 
     def __init__(self, cfg: Config):
-        super().__init__(cfg.cues.features)
+        super().__init__(cfg.cues.features, cfg.camera)
 
     def process(self, frames: Sequence[Frame], depth: np.ndarray | None) -> FeatureResult:
         """``(high, low)`` features of ``frames``; ``depth`` is ``N x H x W`` metres or None."""
