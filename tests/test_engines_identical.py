@@ -20,41 +20,30 @@ import pytest
 
 from videocups_ray.actors.base import FailurePlan
 from videocups_ray.config import Config, with_overrides
-from videocups_ray.data.shards import read_shards
 from videocups_ray.data.sources import open_source
 from videocups_ray.data.synthdrive import write_synth_dataset
 from videocups_ray.pipelines.pseudolabel import run_local
 from videocups_ray.pipelines.ray_pseudolabel import run_ray
 from videocups_ray.pipelines.stream_service import StreamService
 
+from test_ray_pseudolabel import assert_same_labels, frames_by_key
+from test_ray_pseudolabel import tiny_config as ray_tiny_config
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_config() -> Config:
-    return with_overrides(
-        Config(),
-        synth={"sequences": 3, "frames": 8, "height": 96, "width": 192, "seed": 3},
-        labeling={"num_clusters": 6, "kmeans_iters": 8, "kmeans_samples_per_frame": 128,
-                  "kmeans_frames_per_video": 3, "clip_length": 5},
-        shards={"rows_per_shard": 5},
-        ray={"max_videos_in_flight": 2, "max_frames_in_flight": 4},
-    )
+    return with_overrides(ray_tiny_config(), synth={"sequences": 3})
 
 
 def rows(out: Path) -> dict:
-    frames = list(read_shards(out))
-    keys = [(f.video_id, f.frame_index) for f in frames]
-    assert len(keys) == len(set(keys)), "a frame is stored twice"
-    return dict(zip(keys, frames))
+    return frames_by_key(out)
 
 
 def assert_identical(a: dict, b: dict, keys=None) -> None:
     keys = sorted(a) if keys is None else keys
     assert keys and all(k in b for k in keys), f"missing frames: {sorted(set(keys) - set(b))[:5]}"
-    for key in keys:
-        for name in ("image", "semantic", "instance"):
-            assert np.array_equal(getattr(a[key], name), getattr(b[key], name)), f"{key} {name} differs"
-        assert np.array_equal(a[key].extra["ignore"], b[key].extra["ignore"]), f"{key} ignore differs"
+    assert_same_labels(a, b, keys)
 
 
 @pytest.fixture(scope="module")

@@ -202,3 +202,51 @@ def test_fit_positions():
     assert fit_positions(1, 4) == []
     assert fit_positions(10, 4) == [0, 3, 5, 8]
     assert fit_positions(3, 8) == [0, 1]
+
+
+def test_undecodable_frame_skips_the_video_in_the_local_engine_too(labelled, tmp_path):
+    """Issue 17 #4: one policy for both engines. A truncated PNG (frame 5 of 0001, not sampled
+    for the centroids): the video is skipped and recorded with the reason, the run exits
+    normally; once repaired, a rerun into the same output labels it exactly like a clean run."""
+    import shutil
+
+    cfg, root, clean, _ = labelled
+    broken = tmp_path / "broken"
+    shutil.copytree(root, broken)
+    png = sorted((broken / "images" / "0001").glob("*.png"))[5]
+    good = png.read_bytes()
+    png.write_bytes(good[: len(good) // 3])
+    out = tmp_path / "out"
+    summary = run_local(cfg, broken, out, progress=False)
+    assert set(summary["skipped_videos"]) == {"0001"} and png.name in summary["skipped_videos"]["0001"]
+    assert read_manifest(out)["meta"]["skipped_videos"] == summary["skipped_videos"]
+    assert all(v == "0000" or i < 5 for v, i in ((f.video_id, f.frame_index) for f in read_shards(out)))
+    png.write_bytes(good)
+    again = run_local(cfg, broken, out, progress=False)
+    assert again["skipped_videos"] == {} and "0001" not in read_manifest(out)["meta"].get("skipped_videos", {})
+    ref = {(f.video_id, f.frame_index): f for f in read_shards(clean)}
+    got = {(f.video_id, f.frame_index): f for f in read_shards(out)}
+    assert sorted(got) == sorted(ref)
+    for k, f in ref.items():
+        assert np.array_equal(f.semantic, got[k].semantic) and np.array_equal(f.instance, got[k].instance)
+
+
+def test_video_left_out_of_the_fit_then_repaired_is_refused(corpus, tmp_path):
+    """A frame sampled for the centroids (frame 3 of 0001) is unreadable: the video is left out
+    of the fit; after the repair the centroids no longer fit the corpus, and frames were labelled
+    with them, so the rerun refuses with a message instead of mixing two sets of classes."""
+    import shutil
+
+    cfg, root = corpus
+    broken = tmp_path / "broken"
+    shutil.copytree(root, broken)
+    png = sorted((broken / "images" / "0001").glob("*.png"))[3]
+    good = png.read_bytes()
+    png.write_bytes(b"not a png")
+    out = tmp_path / "out"
+    assert set(run_local(cfg, broken, out, progress=False)["skipped_videos"]) == {"0001"}
+    again = run_local(cfg, broken, out, progress=False)  # still broken: a plain resume, nothing to do
+    assert again["written"] == 0 and set(again["skipped_videos"]) == {"0001"}
+    png.write_bytes(good)
+    with pytest.raises(DataError, match=r"fitted on a different corpus \(video '0001' was not in the fit"):
+        run_local(cfg, broken, out, progress=False)

@@ -173,6 +173,8 @@ def run_local(cfg: Config, input_spec: str | os.PathLike | FrameSource, out: str
                 labelled += done
                 bar.update(done)
             writer.set_video_meta(VIDEO_STATS_KEY, vid, per_video[vid])  # one record per video
+            if vid in meta.get(SKIPPED_KEY, {}):
+                writer.set_video_meta(SKIPPED_KEY, vid, None)  # labelled now: no longer skipped
         writer.flush()
     finally:
         bar.close()

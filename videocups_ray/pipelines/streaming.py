@@ -28,9 +28,10 @@ frame ends the current video segment, since the tracker needs consecutive frames
 reported in the summary, with latency (arrival -> first label, so waits count) and the
 per-frame processing time that separates machine load from design.
 
-``run_stream(cfg, source, out)`` wires a source (camera index, video file, or a folder to
-watch) to the runner and writes final frames to shards. This engine runs in one process;
-the corpus engine (``ray_pseudolabel.py``) is the one that spreads work over a cluster.
+``run_stream(cfg, source, out)`` wires one source (camera index, stream URL, video file, or a
+folder to watch) to the runner in this process and writes final frames to shards. Several
+streams at once, on the Ray actor graph or locally: ``pipelines/stream_service.py``, whose Ray
+labeler (``pipelines/ray_streaming.py``) is driven by the same :class:`StreamRunner`.
 """
 
 from __future__ import annotations
