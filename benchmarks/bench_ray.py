@@ -303,7 +303,8 @@ def bench_driver_cpu(tmp: Path, trees: dict[str, str], frames: int, videos: int)
             (out / "centroids.json").write_text(json.dumps({"videos": counts}))
             spec = {"h": h, "w": w, "frames": frames, "videos": videos, "corpus": str(corpus), "out": str(out)}
             proc = subprocess.run([sys.executable, __file__, "--code", code, "--driver-worker", json.dumps(spec)],
-                                  capture_output=True, text=True, env={**os.environ, "PYTHONPATH": code})
+                                  capture_output=True, text=True, env={**os.environ, "PYTHONPATH": code},
+                                  cwd=code)  # Ray workers import from the driver's working directory
             if proc.returncode != 0:
                 raise RuntimeError(f"driver worker ({name}) failed:\n{proc.stderr[-3000:]}")
             res = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -219,7 +219,7 @@ class StreamRunner:
                 self._queue.put_nowait((frame, t, self._segment))
             except queue.Full:
                 self.stats.blocked += 1
-                self._queue.put((frame, t, self._segment))
+                self._put_waiting((frame, t, self._segment))
                 self.stats.blocked_s += time.perf_counter() - t
             return True
         try:
@@ -234,8 +234,19 @@ class StreamRunner:
                 self._warned_drop = True
             return False
 
+    def _put_waiting(self, item: tuple) -> None:
+        """Wait for room, but not for a worker that has died (its error is raised instead)."""
+        while True:
+            try:
+                self._queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                if self._error is not None or not self._thread.is_alive():
+                    raise self._error or RuntimeError("stream worker stopped")
+
     def close(self) -> StreamStats:
-        self._queue.put((self._END, 0.0, 0))
+        if self._thread.is_alive():
+            self._put_waiting((self._END, 0.0, 0))  # raises the worker's error if it died meanwhile
         self._thread.join()
         if self._error is not None:
             raise self._error
