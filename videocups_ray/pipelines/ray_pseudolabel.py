@@ -105,17 +105,43 @@ def make_pools(ray, cfg: Config, input_spec, out: str, failures: tuple[FailurePl
     return Pools(readers, [], [], [], [], writer)
 
 
+_CUE_ACTORS = {"flow": (FlowActor, "cues.flow"), "depth": (DepthActor, "cues.depth"),
+               "features": (FeatureActor, "cues.features")}
+
+
+def _new_cue_actor(cfg: Config, kind: str, failures: tuple[FailurePlan, ...]):
+    cls, stage = _CUE_ACTORS[kind]
+    res = getattr(cfg.ray, kind)
+    device = device_for(res, getattr(cfg.cues, kind).device, actor=kind, stage=stage)
+    return remote_class(cls, cfg.ray, kind).remote(cfg, device, failures)
+
+
 def add_cue_pools(ray, pools: Pools, cfg: Config, failures: tuple[FailurePlan, ...] = ()) -> None:
     """Flow, depth and feature pools (``ray.<kind>.replicas`` each), set up and ready."""
-    rc, cues = cfg.ray, cfg.cues
-    for kind, cls, section, name in (("flow", FlowActor, cues.flow, "cues.flow"),
-                                     ("depth", DepthActor, cues.depth, "cues.depth"),
-                                     ("features", FeatureActor, cues.features, "cues.features")):
-        res = getattr(rc, kind)
-        device = device_for(res, section.device, actor=kind, stage=name)
-        remote = remote_class(cls, rc, kind)
-        setattr(pools, kind, [remote.remote(cfg, device, failures) for _ in range(res.replicas)])
+    for kind in _CUE_ACTORS:
+        setattr(pools, kind, [_new_cue_actor(cfg, kind, failures) for _ in range(getattr(cfg.ray, kind).replicas)])
     ray.get([a.setup.remote() for a in pools.flow + pools.depth + pools.features])
+
+
+def replace_dead_cue_actors(ray, pools: Pools, cfg: Config, failures: tuple[FailurePlan, ...] = (),
+                            timeout_s: float = 120.0) -> int:
+    """Replace cue actors that are dead for good (restarts spent, or a death Ray did not
+    recover from); returns how many were replaced. Live ones answer a ping."""
+    from ray.exceptions import GetTimeoutError, RayActorError
+
+    replaced = 0
+    for kind in _CUE_ACTORS:
+        pool = getattr(pools, kind)
+        for i, actor in enumerate(pool):
+            try:
+                ray.get(actor.ready.remote(), timeout=timeout_s)
+            except (RayActorError, GetTimeoutError) as exc:
+                log.warning("%s actor %d is gone (%s); starting a new one", kind, i, type(exc).__name__)
+                ray.kill(actor, no_restart=True)
+                pool[i] = _new_cue_actor(cfg, kind, failures)
+                ray.get(pool[i].setup.remote())
+                replaced += 1
+    return replaced
 
 
 def add_trackers(ray, pools: Pools, cfg: Config, centroids: np.ndarray,
@@ -232,8 +258,8 @@ class RayPartial:
         return [s for part in parts for s in part]
 
 
-def fit_centroids_ray(ray, cfg: Config, counts: dict[str, int], pools: Pools,
-                      skipped: dict[str, str]) -> tuple[np.ndarray, FitRecord]:
+def fit_centroids_ray(ray, cfg: Config, counts: dict[str, int], pools: Pools, skipped: dict[str, str],
+                      failures: tuple[FailurePlan, ...] = ()) -> tuple[np.ndarray, FitRecord]:
     """Pass 1 on the reader and cue pools; identical to the local engine's (module doc).
 
     A video whose sampled frames cannot be decoded is skipped (recorded in ``skipped``); one
@@ -272,6 +298,8 @@ def fit_centroids_ray(ray, cfg: Config, counts: dict[str, int], pools: Pools,
                 log.warning("pass 1: video %s: %s; sampling it again (attempt %d)", vid, type(exc).__name__,
                             attempts[vid] + 1)
                 todo[vid] = fit_positions(counts[vid], lab.kmeans_frames_per_video)
+        if todo:
+            replace_dead_cue_actors(ray, pools, cfg, failures)
     all_samples = [s for part in samples.values() for s in part]
     check_any_sampled(all_samples, skipped)
     cents = fit_centroids_from_samples(all_samples, lab, 0, partial=RayPartial(ray, pools.features))
@@ -305,8 +333,10 @@ class ChunkJob:
 class Pass2:
     """The streaming scheduler of pass 2 (see the module docstring)."""
 
-    def __init__(self, ray, cfg: Config, counts: dict[str, int], pools: Pools, progress: Progress):
+    def __init__(self, ray, cfg: Config, counts: dict[str, int], pools: Pools, progress: Progress,
+                 failures: tuple[FailurePlan, ...] = (), centroids: np.ndarray | None = None):
         self.ray, self.cfg, self.counts, self.pools, self.progress = ray, cfg, counts, pools, progress
+        self.failures, self.centroids = failures, centroids
         self.batch_pairs = cfg.cues.flow.batch_size
         self.free_trackers = deque(pools.trackers)
         self.videos: dict[str, VideoStitcher] = {}
@@ -358,6 +388,8 @@ class Pass2:
 
     def _abort(self, job: ChunkJob, exc: BaseException) -> None:
         """Drop the job's stream; redo it (state lost) or skip the video (bad input)."""
+        if is_state_lost(exc):
+            self._replace_dead(job)
         self._release(job)
         job.tracker.drop.remote(job.stream)
         job.inflight.clear()
@@ -375,6 +407,21 @@ class Pass2:
                     type(exc).__name__, job.chunk.start, job.attempt + 2)
         job.attempt += 1
         self.queue.appendleft(job)
+
+    def _replace_dead(self, job: ChunkJob) -> None:
+        """Actors dead for good (restarts spent) are replaced before the chunk is redone."""
+        from ray.exceptions import GetTimeoutError, RayActorError
+
+        replace_dead_cue_actors(self.ray, self.pools, self.cfg, self.failures)
+        try:
+            self.ray.get(job.tracker.ready.remote(), timeout=120)
+        except (RayActorError, GetTimeoutError):
+            log.warning("tracker of chunk %s is gone; starting a new one", job.key)
+            i = self.pools.trackers.index(job.tracker)
+            cls = remote_class(TrackerActor, self.cfg.ray, "tracker")
+            self.pools.trackers[i] = cls.remote(self.cfg, self.centroids, self.failures)
+            self.ray.get(self.pools.trackers[i].setup.remote())
+            job.tracker = self.pools.trackers[i]
 
     def skip_video(self, vid: str, reason: str) -> None:
         log.warning("skipping video %s: %s", vid, reason)
@@ -478,7 +525,7 @@ def _run(ray, cfg: Config, out: str, pools: Pools, failures: tuple[FailurePlan, 
         add_cue_pools(ray, pools, cfg, failures)
     cent_path = join_uri(out, CENTROIDS_FILE)
     if centroids is None:
-        centroids, record = fit_centroids_ray(ray, cfg, counts, pools, skipped)
+        centroids, record = fit_centroids_ray(ray, cfg, counts, pools, skipped, failures)
         cent_path = save_output_centroids(out, centroids, record.to_json())
     if todo:
         add_trackers(ray, pools, cfg, centroids, failures)
@@ -486,7 +533,7 @@ def _run(ray, cfg: Config, out: str, pools: Pools, failures: tuple[FailurePlan, 
     bar = Progress(sum(counts.values()), {"flow": rc.flow.replicas, "depth": rc.depth.replicas,
                                           "features": rc.features.replicas, "tracker": rc.max_videos_in_flight},
                    progress)
-    sched = Pass2(ray, cfg, counts, pools, bar)
+    sched = Pass2(ray, cfg, counts, pools, bar, failures, centroids)
     t_label = time.perf_counter()
     try:
         for vid, reason in skipped.items():
