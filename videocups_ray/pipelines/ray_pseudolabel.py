@@ -44,7 +44,6 @@ from typing import Any
 
 import numpy as np
 
-from videocups_ray import __version__
 from videocups_ray.actors.base import FailurePlan, StreamStateLost, device_for, remote_class
 from videocups_ray.actors.cues import DepthActor, FeatureActor, FlowActor
 from videocups_ray.actors.reader import ReaderActor
