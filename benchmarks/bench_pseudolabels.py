@@ -39,14 +39,11 @@ from bench_labeling import reference_kernels  # same folder: the baseline kernel
 from videocups_ray.config import Config, load_config, with_overrides
 from videocups_ray.data.encodings import write_png
 from videocups_ray.data.formats import open_source
-from videocups_ray.pipelines.pseudolabel import (
-    MemorySource,
-    evaluate_pseudolabels,
-    read_pseudolabels,
-    run_local,
-    synth_source,
-)
-from videocups_ray.pipelines.stages import CueStages, LabelStage, VideoCueRunner
+from videocups_ray.data.pseudolabels import read_pseudolabels
+from videocups_ray.pipelines.evaluate import evaluate_pseudolabels
+from videocups_ray.pipelines.pseudolabel import MemorySource, run_local, synth_source
+from videocups_ray.stages import CachedCueStages, CueStages, LabelStage
+from videocups_ray.stages.scheduler import video_cues
 from videocups_ray.viz.overlays import colorize_panoptic
 
 ABLATIONS = {
@@ -95,11 +92,14 @@ def motion_aq_bound(source, things: tuple[int, ...], label_divisor: int = 65536)
 
 
 def compute_cues(cfg: Config, source) -> tuple[dict, float]:
-    stages = CueStages.from_config(cfg)
+    """Cues of every video once; ``cues["_stages"]`` remembers them for every labeling variant."""
+    stages = CachedCueStages(CueStages.from_config(cfg))
     stages.setup()
     t = time.perf_counter()
-    cues = {v: list(VideoCueRunner(stages, cfg.cues.flow.batch_size).run(source.frames(v))) for v in source.videos()}
-    return cues, time.perf_counter() - t
+    cues = {v: list(video_cues(stages, source.frames(v), cfg.cues.flow.batch_size)) for v in source.videos()}
+    seconds = time.perf_counter() - t
+    cues["_stages"] = stages
+    return cues, seconds
 
 
 def label_throughput(cfg: Config, cues: dict, centroids: np.ndarray, videos: list | None = None) -> float:
@@ -109,7 +109,7 @@ def label_throughput(cfg: Config, cues: dict, centroids: np.ndarray, videos: lis
     n = 0
     t = time.perf_counter()
     for vid, items in cues.items():
-        if videos is not None and vid not in videos:
+        if vid == "_stages" or (videos is not None and vid not in videos):
             continue
         stage.reset()
         for _, c in items:
@@ -120,7 +120,7 @@ def label_throughput(cfg: Config, cues: dict, centroids: np.ndarray, videos: lis
 
 def run_variant(cfg: Config, source, cues: dict, out: Path) -> tuple[dict, dict]:
     shutil.rmtree(out, ignore_errors=True)
-    summary = run_local(cfg, source, out, progress=False, cues=lambda v: cues[v])
+    summary = run_local(cfg, source, out, progress=False, stages=cues["_stages"])
     return summary, evaluate_pseudolabels(out, source, cfg.eval)
 
 
@@ -175,7 +175,7 @@ def bench_kitti(base: Config, out: Path) -> None:
     if not KITTI.is_dir():
         print(f"\nKITTI-STEP sample not found at {KITTI}; skipped")
         return
-    cfg = with_overrides(base, cues={"depth": {"focal": 721.5}},
+    cfg = with_overrides(base, camera={"focal": 721.5},
                          labeling={"kmeans_frames_per_video": 9})
     gt = open_source(KITTI)
     source = MemorySource(list(gt), has_labels=True)

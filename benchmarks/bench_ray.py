@@ -10,10 +10,17 @@ development boxes are shared):
    the same centroids (pass 1 excluded) and the Ray shards are checked equal to the local ones;
 2. peak resident memory of the Ray processes labelling N and 10*N tiny videos (flat = bounded
    in-flight work);
-3. streaming, ``ray.stream_latency`` one_frame vs exact on one SynthDrive sequence: latency
+3. streaming, ``stream.latency`` one_frame vs exact on one SynthDrive sequence: latency
    p50/p95 (arrival of frame t -> its first label) at a given input rate, in frame periods,
    with the per-frame processing time (so machine load can be told from design), and the
-   pseudo-label STQ of the first (provisional) labels and of the final ones.
+   pseudo-label STQ of the first (provisional) labels and of the final ones;
+4. ``--driver-cpu``: CPU seconds of the driver process (``time.process_time``, Ray's
+   in-process threads included) per labelled frame of pass 2, at 256x512 and 1024x2048, for
+   this tree and for a baseline tree (``--baseline-code DIR``, e.g. the main checkout before
+   the reader actors), each run in its own process on the same corpus and centroids;
+5. ``--streams``: the Ray streaming engine with 1, 2 and 4 concurrent sources at ``--fps``:
+   p50/p95 latency per stream (arrival -> first label), and whether the streamed shards are
+   bit-identical to the local and Ray corpus engines on the same frames.
 """
 
 from __future__ import annotations
@@ -30,7 +37,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+# ``--code DIR`` (driver-CPU worker): import videocups_ray from another tree (the baseline, e.g. main)
+CODE = sys.argv[sys.argv.index("--code") + 1] if "--code" in sys.argv else str(ROOT)
+sys.path.insert(0, CODE)
 os.environ.setdefault("NUMBA_CACHE_DIR", str(ROOT / ".cache" / "numba"))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
@@ -197,7 +206,7 @@ def bench_stream(tmp: Path, fps: float, frames: int, reps: int) -> dict:
     runs: dict = {(mode, key): [] for mode in res["modes"] for key in ("", "sustained_")}
     for rep in range(reps):  # paced runs alternate too; each figure below is the median over reps
         for (mode, key), got in runs.items():
-            mcfg = with_overrides(cfg, ray={"stream_latency": mode})
+            mcfg = with_overrides(cfg, stream={"latency": mode})
             rate = fps if key == "" else res["sustained_fps"]
             out = tmp / f"stream_out_{mode}_{key}{rep}"
             got.append(run_stream(mcfg, iter(seq), out, centroids=cents, fps=rate) | {"load": os.getloadavg()[0]})
@@ -239,12 +248,173 @@ def print_stream(s: dict, fps: float) -> None:
           "grows with the stream: load, not design. Target: p95 <= 3 periods at 5 frames/s)")
 
 
+# --------------------------------------------------------------------------- 4. driver CPU
+DRIVER_SIZES = ((256, 512), (1024, 2048))
+
+
+def _driver_cfg(h: int, w: int, frames: int, videos: int) -> Config:
+    return with_overrides(Config(), synth={"sequences": videos, "frames": frames, "height": h, "width": w, "seed": 11},
+                          cues={"flow": {"dis_preset": "ultrafast"}, "features": {"stride": 8}},
+                          labeling={"num_clusters": 8}, ray={"max_videos_in_flight": videos})
+
+
+def driver_worker(spec: dict) -> dict:
+    """One measured ``run_ray`` (pass 2 only: centroids are in ``out``), in this process."""
+    import ray
+
+    cfg = _driver_cfg(spec["h"], spec["w"], spec["frames"], spec["videos"])
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, object_store_memory=1024 * 2**20,
+             _temp_dir=tempfile.mkdtemp(prefix="vcr", dir="/tmp"))
+    try:
+        c0, t0 = time.process_time(), time.perf_counter()
+        r = run_ray(cfg, spec["corpus"], spec["out"], progress=False)
+        cpu, wall = time.process_time() - c0, time.perf_counter() - t0
+    finally:
+        ray.shutdown()
+    return {"frames": r["frames"], "cpu_ms_per_frame": 1000 * cpu / max(r["frames"], 1), "wall_s": wall}
+
+
+def _driver_corpus(tmp: Path, h: int, w: int, frames: int, videos: int) -> tuple[Path, np.ndarray]:
+    """The corpus on disk and unit centroids of the right width (labels are not the point here)."""
+    from videocups_ray.data.synthdrive import generate_sequence
+    from videocups_ray.stages import FeatureStage
+
+    cfg = _driver_cfg(h, w, frames, videos)
+    corpus = tmp / f"drv{h}x{w}"
+    write_synth_dataset(cfg.synth, corpus, progress=False)
+    frame = next(iter(generate_sequence(cfg.synth.model_copy(update={"frames": 1}), 0)))
+    feats = FeatureStage(cfg).process([frame], np.ones((1, h, w), np.float32)).high
+    cents = np.random.default_rng(0).normal(size=(cfg.labeling.num_clusters, feats.shape[1])).astype(np.float32)
+    return corpus, cents / np.linalg.norm(cents, axis=1, keepdims=True)
+
+
+def bench_driver_cpu(tmp: Path, trees: dict[str, str], frames: int, videos: int) -> list[tuple]:
+    import json
+    import subprocess
+
+    rows = []
+    for h, w in DRIVER_SIZES:
+        corpus, cents = _driver_corpus(tmp, h, w, frames, videos)
+        counts = {f"{v:04d}": frames for v in range(videos)}
+        for name, code in trees.items():
+            out = tmp / f"drvout{h}{name}"
+            out.mkdir()
+            np.save(out / "centroids.npy", cents)
+            (out / "centroids.json").write_text(json.dumps({"videos": counts}))
+            spec = {"h": h, "w": w, "frames": frames, "videos": videos, "corpus": str(corpus), "out": str(out)}
+            proc = subprocess.run([sys.executable, __file__, "--code", code, "--driver-worker", json.dumps(spec)],
+                                  capture_output=True, text=True, env={**os.environ, "PYTHONPATH": code},
+                                  cwd=code)  # Ray workers import from the driver's working directory
+            if proc.returncode != 0:
+                raise RuntimeError(f"driver worker ({name}) failed:\n{proc.stderr[-3000:]}")
+            res = json.loads(proc.stdout.strip().splitlines()[-1])
+            rows.append((f"{h}x{w}", name, res["frames"], res["cpu_ms_per_frame"], res["wall_s"], os.getloadavg()[0]))
+    return rows
+
+
+def print_driver_cpu(rows: list[tuple], baseline: str) -> None:
+    print("\n4. driver CPU per labelled frame, pass 2 (time.process_time of the driver process)")
+    print(f"{'size':<11}{'tree':<10}{'frames':>7}{'ms/frame':>10}{'vs ' + baseline:>14}{'wall s':>8}{'load':>6}")
+    base = {r[0]: r[3] for r in rows if r[1] == baseline}
+    for size, name, n, ms, wall, load in rows:
+        ratio = f"{ms / base[size]:.3f}" if size in base else "-"
+        print(f"{size:<11}{name:<10}{n:>7}{ms:>10.2f}{ratio:>14}{wall:>8.1f}{load:>6.1f}")
+
+
+# --------------------------------------------------------------------------- 5. concurrent streams
+def bench_streams(tmp: Path, fps: float, frames: int, counts: tuple[int, ...]) -> tuple[list[tuple], dict]:
+    import threading
+
+    import ray
+
+    from videocups_ray.pipelines.stream_service import StreamService
+
+    cfg = with_overrides(Config(), synth={"sequences": max(counts), "frames": frames, "height": 256, "width": 512,
+                                          "seed": 21},
+                         labeling={"kmeans_frames_per_video": 4}, stream={"latency": "exact"})
+    corpus = tmp / "streams"
+    write_synth_dataset(cfg.synth, corpus, progress=False)
+    local = tmp / "streams_local"
+    run_local(cfg, corpus, local, progress=False)
+    cents = np.load(local / "centroids.npy")
+    src = __import__("videocups_ray.data.sources", fromlist=["open_source"]).open_source(corpus)
+    videos = src.videos()
+    rows, equal = [], {}
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, object_store_memory=768 * 2**20,
+             _temp_dir=tempfile.mkdtemp(prefix="vcr", dir="/tmp"))
+    try:
+        rcorpus = tmp / "streams_ray"
+        run_ray(cfg, corpus, rcorpus, progress=False)
+        equal["ray corpus == local"] = labels_equal(local, rcorpus)
+        for n in counts:
+            out = tmp / f"streams{n}"
+            service = StreamService(cfg, cents, out, engine="ray")
+
+            def produce(vid: str) -> None:
+                t0 = time.perf_counter()
+                for i, f in enumerate(src.frames(vid)):
+                    time.sleep(max(0.0, t0 + i / fps - time.perf_counter()))
+                    service.push(vid, f)
+
+            for vid in videos[:n]:
+                service.open(vid)
+            threads = [threading.Thread(target=produce, args=(v,)) for v in videos[:n]]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            summary = service.close()
+            for vid in videos[:n]:
+                s = summary["streams"][vid]
+                rows.append((n, vid, s["latency_p50_s"] * fps, s["latency_p95_s"] * fps, s["processing_p50_s"],
+                             os.getloadavg()[0]))
+            if n == max(counts):
+                equal[f"ray streaming ({n} streams) == local"] = labels_equal(local, out) if n == len(videos) else \
+                    None
+    finally:
+        ray.shutdown()
+    return rows, equal
+
+
+def print_streams(rows: list[tuple], equal: dict, fps: float, frames: int) -> None:
+    print(f"\n5. Ray streaming engine, concurrent SynthDrive sources of {frames} frames at 256x512, {fps:g} frames/s "
+          "each (latency = arrival -> first label, in frame periods; exact mode: 2 periods + processing)")
+    print(f"{'streams':>8}{'stream':>8}{'p50':>7}{'p95':>7}{'proc p50 s':>12}{'load':>6}")
+    for n, vid, p50, p95, proc, load in rows:
+        print(f"{n:>8}{vid:>8}{p50:>7.2f}{p95:>7.2f}{proc:>12.3f}{load:>6.1f}")
+    for k, v in equal.items():
+        print(f"shards bit-identical, {k}: {v}")
+
+
 def main() -> None:
+    if "--driver-worker" in sys.argv:
+        import json
+
+        print(json.dumps(driver_worker(json.loads(sys.argv[sys.argv.index("--driver-worker") + 1]))))
+        return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer frames and videos (a few minutes on 2 cores)")
     ap.add_argument("--fps", type=float, default=5.0, help="streaming input rate, frames/s")
     ap.add_argument("--only-stream", action="store_true", help="run only part 3 (streaming)")
+    ap.add_argument("--driver-cpu", action="store_true", help="run only part 4 (driver CPU per frame)")
+    ap.add_argument("--baseline-code", help="part 4: a tree whose engine is the baseline (e.g. /work/main)")
+    ap.add_argument("--streams", action="store_true", help="run only part 5 (concurrent streams)")
+    ap.add_argument("--code", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.driver_cpu or args.streams:
+        tmp = Path(tempfile.mkdtemp(prefix="bench_ray"))
+        print(f"machine: {os.cpu_count()} logical CPUs, no GPU use; load average before: {os.getloadavg()}")
+        if args.driver_cpu:
+            trees = {"this": str(ROOT)} | ({"baseline": args.baseline_code} if args.baseline_code else {})
+            rows = bench_driver_cpu(tmp, trees, 6 if args.quick else 12, 2)
+            print_driver_cpu(rows, "baseline" if args.baseline_code else "this")
+        if args.streams:
+            frames = 10 if args.quick else 20
+            rows, equal = bench_streams(tmp, args.fps, frames, (1, 2, 4))
+            print_streams(rows, equal, args.fps, frames)
+        print(f"\nload average after: {os.getloadavg()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
     tmp = Path(tempfile.mkdtemp(prefix="bench_ray"))
     seqs, frames = (2, 8) if args.quick else (4, 20)
     mem_small, mem_large = (3, 12) if args.quick else (10, 100)

@@ -111,7 +111,8 @@ def bench_quality(args: argparse.Namespace, root: Path) -> None:
     """Pseudo-label SynthDrive train sequences, train 4 variants, compare STQ on val."""
     from videocups_ray.pipelines.evaluate import evaluate, load_label_dir
     from videocups_ray.pipelines.infer import run_infer
-    from videocups_ray.pipelines.pseudolabel import evaluate_pseudolabels, run_local
+    from videocups_ray.pipelines.evaluate import evaluate_pseudolabels
+    from videocups_ray.pipelines.pseudolabel import run_local
     from videocups_ray.pipelines.ray_runtime import ray_session
     from videocups_ray.pipelines.train import run_train
 

@@ -26,7 +26,7 @@ MODEL = dict(fpn_channels=16, box_head_dim=32, mask_head_channels=8, semantic_he
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("infer")
     cfg = with_overrides(Config(), synth=dict(sequences=2, frames=4, height=H, width=W, seed=5), model=MODEL,
-                         train=dict(infer_batch_size=3, infer_actors=2))
+                         infer=dict(batch_size=3, actors=2))
     torch.manual_seed(0)
     model = build_model(ModelConfig(**MODEL), META.num_stuff, META.num_thing).eval()
     ckpt = save_checkpoint(root / "model.pt", model, cfg.model, META)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
@@ -12,16 +11,13 @@ from videocups_ray.data.shards import read_manifest, read_shards
 from videocups_ray.data.formats import open_source
 from videocups_ray.data.synthdrive import write_synth_dataset
 from videocups_ray.data.types import DataError
-from videocups_ray.pipelines.evaluate import evaluate_paths
-from videocups_ray.pipelines.pseudolabel import (
-    MemorySource,
-    evaluate_pseudolabels,
-    pseudolabel_meta,
-    read_pseudolabels,
-    run_local,
-    synth_source,
-)
-from videocups_ray.pipelines.stages import CueStages, VideoCueRunner, fit_positions
+from videocups_ray.data.inputs import MemorySource, synth_source
+from videocups_ray.data.pseudolabels import pseudolabel_meta, read_pseudolabels
+from videocups_ray.pipelines.evaluate import evaluate_paths, evaluate_pseudolabels
+from videocups_ray.pipelines.pseudolabel import run_local
+from videocups_ray.stages import CueStages
+from videocups_ray.stages.centroids import fit_positions
+from videocups_ray.stages.scheduler import video_cues
 
 
 def tiny_config(**labeling) -> Config:
@@ -95,7 +91,7 @@ def test_read_pseudolabels_applies_split(labelled):
 
 def test_rerun_skips_everything(labelled):
     cfg, root, out, _ = labelled
-    before = json.loads((out / "manifest.json").read_text())
+    before = read_manifest(out)
     again = run_local(cfg, root, out, progress=False)
     assert again["frames"] == 0 and again["written"] == 0
     after = read_manifest(out)
@@ -103,26 +99,50 @@ def test_rerun_skips_everything(labelled):
     assert len(list(read_shards(out))) == 16
 
 
-def test_resume_after_partial_run_is_identical(labelled, tmp_path):
+def test_resume_after_partial_run_is_identical(labelled, tmp_path, monkeypatch):
     """A run killed after the first video redoes only the second, with the same labels."""
+    import videocups_ray.pipelines.pseudolabel as engine
+
     cfg, root, out, _ = labelled
-    src = open_source(root)
-    first = MemorySource(list(src.frames("0000")))
     part = tmp_path / "part"
-    run_local(cfg, first, part, progress=False)
+    real = engine.label_video
+
+    def dies_on_second(cfg_, source, vid, *args):
+        if vid == "0001":
+            raise KeyboardInterrupt
+        return real(cfg_, source, vid, *args)
+
+    monkeypatch.setattr(engine, "label_video", dies_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        run_local(cfg, root, part, progress=False)
+    monkeypatch.setattr(engine, "label_video", real)
+    committed = [(f.video_id, f.frame_index) for f in read_shards(part)]
+    assert committed and {v for v, _ in committed} == {"0000"}
     summary = run_local(cfg, root, part, progress=False)
-    # the centroids came from pass 1 over video 0000 alone, so compare against a fresh
-    # run that reuses them: same video 0001 labels, no duplicates
-    assert summary["written"] == 8
+    assert summary["written"] == 16 - len(committed)  # committed frames are not written twice
     rows = {(f.video_id, f.frame_index): f for f in read_shards(part)}
     assert len(rows) == 16
-    ref = tmp_path / "ref"
-    ref.mkdir()
-    (ref / "centroids.npy").write_bytes((part / "centroids.npy").read_bytes())
-    run_local(cfg, root, ref, progress=False)
-    for f in read_shards(ref):
+    for f in read_shards(out):
         g = rows[(f.video_id, f.frame_index)]
         assert np.array_equal(f.semantic, g.semantic) and np.array_equal(f.instance, g.instance)
+
+
+def test_centroids_of_a_changed_corpus_are_refused(labelled, tmp_path):
+    """Centroids fitted on video 0000 alone, frames labelled with them, then the corpus grows:
+    reusing them silently would label 0001 with classes fitted without it (issue 17 #4)."""
+    cfg, root, _, _ = labelled
+    first = MemorySource(list(open_source(root).frames("0000")))
+    part = tmp_path / "part"
+    run_local(cfg, first, part, progress=False)
+    with pytest.raises(DataError, match="fitted on a different corpus.*0001"):
+        run_local(cfg, root, part, progress=False)
+    # nothing labelled yet: the stale centroids are refitted instead
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    for name in ("centroids.npy", "centroids.json"):
+        (fresh / name).write_bytes((part / name).read_bytes())
+    run_local(cfg, root, fresh, progress=False)
+    assert not np.array_equal(np.load(fresh / "centroids.npy"), np.load(part / "centroids.npy"))
 
 
 def test_eval_of_shards_matches_benchmark_function(labelled):
@@ -143,7 +163,7 @@ def test_batch_size_does_not_change_cues(corpus):
     for batch in (1, 3):
         stages = CueStages.from_config(cfg)
         stages.setup()
-        runs.append([c for _, c in VideoCueRunner(stages, batch).run(frames)])
+        runs.append([c for _, c in video_cues(stages, frames, batch)])
     assert [c.frame_index for c in runs[0]] == list(range(8))
     for a, b in zip(*runs):
         assert np.array_equal(a.depth, b.depth) and np.array_equal(a.motion_prob, b.motion_prob)
@@ -182,3 +202,51 @@ def test_fit_positions():
     assert fit_positions(1, 4) == []
     assert fit_positions(10, 4) == [0, 3, 5, 8]
     assert fit_positions(3, 8) == [0, 1]
+
+
+def test_undecodable_frame_skips_the_video_in_the_local_engine_too(labelled, tmp_path):
+    """Issue 17 #4: one policy for both engines. A truncated PNG (frame 5 of 0001, not sampled
+    for the centroids): the video is skipped and recorded with the reason, the run exits
+    normally; once repaired, a rerun into the same output labels it exactly like a clean run."""
+    import shutil
+
+    cfg, root, clean, _ = labelled
+    broken = tmp_path / "broken"
+    shutil.copytree(root, broken)
+    png = sorted((broken / "images" / "0001").glob("*.png"))[5]
+    good = png.read_bytes()
+    png.write_bytes(good[: len(good) // 3])
+    out = tmp_path / "out"
+    summary = run_local(cfg, broken, out, progress=False)
+    assert set(summary["skipped_videos"]) == {"0001"} and png.name in summary["skipped_videos"]["0001"]
+    assert read_manifest(out)["meta"]["skipped_videos"] == summary["skipped_videos"]
+    assert all(v == "0000" or i < 5 for v, i in ((f.video_id, f.frame_index) for f in read_shards(out)))
+    png.write_bytes(good)
+    again = run_local(cfg, broken, out, progress=False)
+    assert again["skipped_videos"] == {} and "0001" not in read_manifest(out)["meta"].get("skipped_videos", {})
+    ref = {(f.video_id, f.frame_index): f for f in read_shards(clean)}
+    got = {(f.video_id, f.frame_index): f for f in read_shards(out)}
+    assert sorted(got) == sorted(ref)
+    for k, f in ref.items():
+        assert np.array_equal(f.semantic, got[k].semantic) and np.array_equal(f.instance, got[k].instance)
+
+
+def test_video_left_out_of_the_fit_then_repaired_is_refused(corpus, tmp_path):
+    """A frame sampled for the centroids (frame 3 of 0001) is unreadable: the video is left out
+    of the fit; after the repair the centroids no longer fit the corpus, and frames were labelled
+    with them, so the rerun refuses with a message instead of mixing two sets of classes."""
+    import shutil
+
+    cfg, root = corpus
+    broken = tmp_path / "broken"
+    shutil.copytree(root, broken)
+    png = sorted((broken / "images" / "0001").glob("*.png"))[3]
+    good = png.read_bytes()
+    png.write_bytes(b"not a png")
+    out = tmp_path / "out"
+    assert set(run_local(cfg, broken, out, progress=False)["skipped_videos"]) == {"0001"}
+    again = run_local(cfg, broken, out, progress=False)  # still broken: a plain resume, nothing to do
+    assert again["written"] == 0 and set(again["skipped_videos"]) == {"0001"}
+    png.write_bytes(good)
+    with pytest.raises(DataError, match=r"fitted on a different corpus \(video '0001' was not in the fit"):
+        run_local(cfg, broken, out, progress=False)

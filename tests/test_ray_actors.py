@@ -6,48 +6,12 @@ import numpy as np
 import pytest
 
 from videocups_ray.actors.base import FailurePlan
-from videocups_ray.actors.writer import SKIPPED_KEY, WriterActor, apply_id_map
+from videocups_ray.stages.chunks import apply_id_map
 from videocups_ray.config import Config, with_overrides
-from videocups_ray.data.shards import read_manifest, read_shards
+from videocups_ray.data.shards import read_shards
 from videocups_ray.data.types import DataError
-from videocups_ray.pipelines.ray_chunks import plan_chunks, stitch_ids
+from videocups_ray.stages.chunks import plan_chunks, stitch_ids
 from videocups_ray.pipelines.streaming import StreamingPseudoLabeler, StreamRunner
-
-
-def _row(vid: str, i: int, inst_id: int = 1) -> dict:
-    inst = np.zeros((8, 8), np.int32)
-    inst[2:5, 2:5] = inst_id
-    return {"video_id": vid, "frame_index": i, "image": np.full((8, 8, 3), i, np.uint8),
-            "semantic": np.full((8, 8), 3, np.uint8), "instance": inst, "ignore": np.zeros((8, 8), bool)}
-
-
-def test_writer_actor_exactly_once_and_held_chunks(tmp_path):
-    cfg = Config().shards.model_copy(update={"rows_per_shard": 2})
-    w = WriterActor(str(tmp_path), cfg, "h", "v")
-    assert w.setup() == {}
-    assert w.write("a@0", [_row("a", 0), _row("a", 1)], mapped=True) == 2
-    assert w.write("a@0", [_row("a", 1)], mapped=True) == 0  # a redone chunk re-sends frame 1
-    assert w.write("a@2", [_row("a", 2, inst_id=7)], mapped=False) == 0  # held: no ID map yet
-    assert w.set_id_map("a@2", {7: 3}) == 1
-    w.release("a@2")
-    w.record_skipped("bad", "DataError: frame 3 undecodable")
-    counts = w.finish()
-    assert counts["duplicates"] == 1 and counts["written"] == 3
-    frames = {f.frame_index: f for f in read_shards(tmp_path)}
-    assert sorted(frames) == [0, 1, 2] and set(np.unique(frames[2].instance)) == {0, 3}
-    assert read_manifest(tmp_path)["meta"][SKIPPED_KEY] == {"bad": "DataError: frame 3 undecodable"}
-    w2 = WriterActor(str(tmp_path), cfg, "h", "v")  # resume: committed keys come back
-    assert w2.setup() == {"a": [0, 1, 2]}
-    with pytest.raises(DataError, match="config hash"):
-        WriterActor(str(tmp_path), cfg, "other", "v").setup()
-
-
-def test_writer_refuses_to_finish_with_held_rows(tmp_path):
-    w = WriterActor(str(tmp_path), Config().shards, "h", "v")
-    w.setup()
-    w.write("a@5", [_row("a", 5)], mapped=False)
-    with pytest.raises(DataError, match="a@5"):
-        w.finish()
 
 
 def test_plan_chunks_cover_every_frame_once():
@@ -125,3 +89,66 @@ def test_stream_runner_backpressure_drop_is_counted(tiny):
     assert not labelled & dropped
     with pytest.raises(ValueError, match="policy"):
         StreamRunner(StreamingPseudoLabeler(cfg, cents), got.append, max_pending=1, policy="maybe")
+
+
+# --------------------------------------------------------------------------- issue 17 review fixes
+def test_cuda_stage_in_an_actor_without_gpu_is_an_error():
+    """device_for used to warn and run on CPU; a configured device that is absent is an error."""
+    from videocups_ray.actors.base import DeviceError, device_for
+    from videocups_ray.config import ActorResources
+
+    with pytest.raises(DeviceError, match=r"depth actor: stage cues\.depth .*'cuda'.*num_gpus"):
+        device_for(ActorResources(num_gpus=0), "cuda", actor="depth", stage="cues.depth")
+    assert device_for(ActorResources(num_gpus=0.5), "cuda:0", actor="depth", stage="cues.depth") == "cuda:0"
+    assert device_for(ActorResources(), "cpu", actor="flow", stage="cues.flow") == "cpu"
+
+
+class _FakeRay:
+    """``wait`` / ``get`` over plain values; a value that is an exception is raised by ``get``."""
+
+    @staticmethod
+    def wait(refs, num_returns, timeout=None, fetch_local=True):
+        return refs[:num_returns], refs[num_returns:]
+
+    @staticmethod
+    def get(ref):
+        if isinstance(ref, BaseException):
+            raise ref
+        return ref
+
+
+def test_progress_counts_failed_calls_and_logs_unexpected_errors(caplog):
+    """Progress.collect swallowed every exception at debug level; expected failures (a task
+    or an actor that failed, handled where its result is used) are counted, others logged."""
+    from videocups_ray.pipelines.ray_pseudolabel import Progress
+
+    p = Progress(10, {"flow": 1}, enabled=False)
+    for ref in (0.5, DataError("frame 3 undecodable"), ZeroDivisionError("bug"), 0.25):
+        p.add_busy_ref("flow", ref)
+    with caplog.at_level("ERROR"):
+        p.collect(_FakeRay())
+    assert p.busy["flow"] == pytest.approx(0.75) and p.failed_calls == 1
+    assert any("could not be read" in r.message and r.exc_info for r in caplog.records)
+
+
+def test_write_drain_threshold_is_a_config_field():
+    from videocups_ray.config import RayConfig
+
+    assert RayConfig().write_drain_keep == 16
+    with pytest.raises(Exception, match="write_drain_keep"):
+        with_overrides(Config(), ray={"write_drain_keep": -1})
+
+
+def test_s3_output_never_creates_a_local_folder(tmp_path, monkeypatch):
+    """``--out s3://b/x`` used to write ./s3:/b/x; with no reachable endpoint it is one line."""
+    from videocups_ray.data.inputs import MemorySource, synth_source
+    from videocups_ray.pipelines.pseudolabel import run_local
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    cfg = with_overrides(Config(), synth={"sequences": 1, "frames": 2, "height": 32, "width": 64})
+    src = MemorySource(list(synth_source(cfg.synth)))
+    with pytest.raises(DataError) as err:
+        run_local(cfg, src, "s3://no-such-bucket-videocups/x", progress=False)
+    assert "s3://no-such-bucket-videocups/x" in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "s3:").exists() and list(tmp_path.iterdir()) == []

@@ -11,6 +11,7 @@ import pytest
 from videocups_ray.config import ShardConfig
 from videocups_ray.data import shards as shards_mod
 from videocups_ray.data.shard_codec import SHARD_SCHEMA, decode_batch
+from videocups_ray.data.manifest import Manifest
 from videocups_ray.data.shards import (
     ShardIntegrityError,
     ShardWriter,
@@ -81,7 +82,7 @@ def test_round_trip_is_exact(tmp_path, codec):
     manifest = read_manifest(tmp_path)
     assert [e["rows"] for e in manifest["shards"]] == [2, 2, 1]
     assert manifest["shards"][0]["keys"] == {"vid": [[0, 1]]}
-    assert all(e["config_hash"] == "h1" and e["code_version"] == "test" for e in manifest["shards"])
+    assert (manifest["config_hash"], manifest["code_version"], manifest["generation"]) == ("h1", "test", 3)
     assert verify_shards(tmp_path) == 3
     import pyarrow.parquet as pq
 
@@ -129,14 +130,16 @@ def test_killed_before_manifest_update_is_rewritten_once(tmp_path, monkeypatch, 
     frames = _frames(6)
     cfg = ShardConfig(rows_per_shard=3)
 
-    def dying_manifest(self):
-        raise KeyboardInterrupt("simulated kill after rename, before the manifest")
+    def dying_commit(self, shards=(), **kw):
+        raise KeyboardInterrupt("simulated kill after the shard file, before its commit")
 
-    monkeypatch.setattr(ShardWriter, "_write_manifest", dying_manifest)
+    monkeypatch.setattr(Manifest, "commit", dying_commit)
     with pytest.raises(KeyboardInterrupt):
         _write(tmp_path, frames, cfg)
     monkeypatch.undo()
-    assert (tmp_path / "part-000000.parquet").exists() and not (tmp_path / "manifest.json").exists()
+    assert len(list(tmp_path.glob("part-*.parquet"))) == 1
+    assert not list((tmp_path / "_manifest").glob("log-*.json"))
+    assert _keys(tmp_path) == []  # the shard file exists, but no generation lists it
     with caplog.at_level(logging.WARNING):
         w = _write(tmp_path, frames, cfg)
     assert "does not list" in caplog.text
@@ -158,22 +161,24 @@ def test_error_inside_writer_block_commits_nothing_more(tmp_path):
 
 def test_checksum_mismatch_and_missing_shard_name_the_file(tmp_path):
     _write(tmp_path, _frames(4), ShardConfig(rows_per_shard=2))
-    target = tmp_path / "part-000001.parquet"
+    name = read_manifest(tmp_path)["shards"][1]["file"]
+    target = tmp_path / name
     data = bytearray(target.read_bytes())
     data[len(data) // 2] ^= 0xFF  # same size, different content
     target.write_bytes(bytes(data))
-    with pytest.raises(ShardIntegrityError, match=r"part-000001\.parquet: sha256 .* does not match"):
+    with pytest.raises(ShardIntegrityError, match=rf"{name}: sha256 .* does not match"):
         list(read_shards(tmp_path))
-    with pytest.raises(ShardIntegrityError, match=r"part-000001\.parquet"):
+    with pytest.raises(ShardIntegrityError, match=name):
         verify_shards(tmp_path)
+    shard_files(tmp_path)  # the default check is size only: same size passes
     target.unlink()
-    with pytest.raises(ShardIntegrityError, match=r"part-000001\.parquet: shard listed in the manifest is missing"):
-        ShardWriter(tmp_path, ShardConfig(rows_per_shard=2), "h1", "test")
-    with pytest.raises(ShardIntegrityError, match=r"part-000001\.parquet"):
+    with pytest.raises(ShardIntegrityError, match=rf"{name}: shard listed in the manifest is missing"):
         shard_files(tmp_path)
-    (tmp_path / "manifest.json").write_text('{"format": "videocups-shards/1", "shards": [')
+    legacy = tmp_path / "old"
+    legacy.mkdir()
+    (legacy / "manifest.json").write_text('{"format": "videocups-shards/1", "shards": [')
     with pytest.raises(ShardIntegrityError, match=r"manifest\.json: invalid manifest"):
-        read_manifest(tmp_path)
+        read_manifest(legacy)
 
 
 def test_config_change_duplicates_and_meta(tmp_path):

@@ -92,8 +92,8 @@ def test_bad_latency_mode_is_rejected(tiny):
     cfg, _, _, cents = tiny
     with pytest.raises(ValueError, match="latency"):
         StreamingPseudoLabeler(cfg, cents, latency="zero")
-    with pytest.raises(Exception, match="stream_latency"):
-        with_overrides(cfg, ray={"stream_latency": "zero"})
+    with pytest.raises(Exception, match="stream.latency"):
+        with_overrides(cfg, stream={"latency": "zero"})
 
 
 # --------------------------------------------------------------------------- VideoTracker.preview
@@ -158,7 +158,7 @@ def test_block_policy_waits_and_reports(tiny):
 
 def test_drop_policy_counts_in_run_stream_summary(tiny, tmp_path):
     cfg, frames, _, cents = tiny
-    cfg = with_overrides(cfg, ray={"stream_backpressure": "drop", "stream_max_pending": 2})
+    cfg = with_overrides(cfg, stream={"backpressure": "drop", "max_pending": 2})
     labelled = {}
     ready = threading.Condition()
 

@@ -109,12 +109,18 @@ def cmd_pseudolabel(args: argparse.Namespace) -> int:
 
 
 def cmd_stream(args: argparse.Namespace) -> int:
-    from videocups_ray.pipelines.streaming import run_stream
+    cfg = _config(args, [f"ray.address={args.address}"] if args.address else [])
+    sources: list[str | int] = [int(s) if s.isdigit() else s for s in args.source]
+    if args.engine == "local" and len(sources) == 1:
+        from videocups_ray.pipelines.streaming import run_stream
 
-    cfg = _config(args)
-    source: str | int = int(args.source) if args.source.isdigit() else args.source
-    summary = run_stream(cfg, source, args.out, centroids=args.centroids, fps=args.fps,
-                         max_frames=args.max_frames, idle_timeout_s=args.idle_timeout)
+        summary = run_stream(cfg, sources[0], args.out, centroids=args.centroids, fps=args.fps,
+                             max_frames=args.max_frames, idle_timeout_s=args.idle_timeout)
+    else:
+        from videocups_ray.pipelines.stream_service import run_streams
+
+        summary = run_streams(cfg, sources, args.out, engine=args.engine, centroids=args.centroids, fps=args.fps,
+                              max_frames=args.max_frames, idle_timeout_s=args.idle_timeout)
     print(json.dumps(summary, indent=2, default=str))
     return 0
 
@@ -202,8 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_pseudolabel)
 
     p = sub.add_parser("stream", help="online pseudo-labeling of a live stream into shards")
-    p.add_argument("--source", required=True,
-                   help="camera index (e.g. 0), a video file, or a folder to watch for new images")
+    p.add_argument("--source", required=True, action="append",
+                   help="camera index (e.g. 0), a video file, a URL OpenCV opens (rtsp/http), or a folder to "
+                        "watch for new images; repeat for several streams at once")
+    p.add_argument("--engine", choices=("local", "ray"), default="ray",
+                   help="ray: streams share the cue actor pools, one tracker actor each; local: one process")
+    p.add_argument("--address", help="Ray cluster address (default: a private local instance)")
     p.add_argument("--out", required=True, help="shard folder")
     p.add_argument("--centroids", help="k-means centroids (.npy) from a corpus run; default: fit on the first frames")
     p.add_argument("--fps", type=float, help="pace a recorded source at this arrival rate (frames/s)")

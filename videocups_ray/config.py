@@ -65,6 +65,13 @@ class ShardConfig(_Section):
     compression: Literal["zstd", "snappy", "none"] = "zstd"  # Parquet page compression
     compression_level: int = Field(3, ge=1, le=22)  # zstd level
     png_level: int = Field(1, ge=0, le=9)  # zlib level of PNG-encoded columns (0-9; 1 = fast)
+    # --- commit log and resume (data/manifest.py; measured in bench_shards.py)
+    manifest_compact_every: int = Field(256, ge=2)  # commits (one small object each) merged into a segment
+    manifest_fanout: int = Field(8, ge=2)  # segments of one level merged into one of the next
+    # what a resume / `train --shards` checks of the committed shards it relies on: "checksum" reads
+    # each one once (sha256), "size" only lists them; a damaged shard is retracted and its frames redone
+    verify_on_resume: Literal["checksum", "size", "none"] = "checksum"
+    verify_workers: int = Field(4, ge=1)  # threads reading shards for that check (I/O bound)
 
 
 # --------------------------------------------------------------------------- cues
@@ -87,15 +94,12 @@ class DepthConfig(_Section):
     """Depth and motion probability (DESIGN.md section 5)."""
 
     backend: Literal["geometry", "monodepth", "oracle"] = "geometry"
-    camera_height: float = Field(1.65, gt=0)  # metres; fixes the metric scale of geometry
     min_parallax: float = Field(0.5, ge=0)  # px; below it triangulation is unreliable
     ransac_threshold: float = Field(0.5, gt=0)  # px; essential-matrix inlier threshold (bench_cues.py)
     translation_prior_deg: float | None = Field(10.0, gt=0)  # deg; ego heading prior around the optical axis, None = off
     motion_sigma: float = Field(2.0, gt=0)  # px; Sampson residual giving motion prob 0.5 (DIS noise ~1 px)
     max_depth: float = Field(80.0, gt=0)  # metres; depth is clipped here
     min_depth: float = Field(0.5, gt=0)  # metres; depth is clipped here from below
-    focal: float | None = Field(None, gt=0)  # px; used when a frame has no extra["K"] (KITTI ~721)
-    focal_scale: float = Field(0.9, gt=0)  # focal = focal_scale * width when focal is None
     below_ground_ratio: float = Field(1.3, gt=1)  # static depth / road-plane depth above it = moving
     # depth / ground-contact depth ratio (either way) giving motion prob 0.5; None = cue off. bench_cues.py:
     # on oracle flow motion IoU 0.23 -> 0.57, on DIS flow recall up but false positives on trees (off by default)
@@ -122,7 +126,6 @@ class FeatureConfig(_Section):
     arch: Literal["vit_small_patch8", "vit_base_patch8"] = "vit_small_patch8"  # DINO layout
     crop_size: int = Field(224, ge=32)  # sliding-window crop, pixels (high-res pass)
     crop_overlap: float = Field(0.5, ge=0, lt=1)  # fraction of crop overlap
-    focal_scale: float = Field(0.9, gt=0)  # focal / width (px/px) for geometry when no K is given
     # handmade descriptor (bench_cues.py): groups are z-scored per frame and balanced, then weighted
     context_sigmas: tuple[float, ...] = (2.0, 6.0)  # Gaussian context radii, feature-map px (colour, texture)
     smooth_sigma: float = Field(1.5, ge=0)  # Gaussian smoothing of the whole descriptor, feature-map px; 0 = off
@@ -133,6 +136,16 @@ class FeatureConfig(_Section):
     checkpoint: str | None = None
     device: str = "cpu"
     batch_size: int = Field(4, ge=1)
+
+
+class CameraConfig(_Section):
+    """The recording camera as the cues assume it (depth and features share it). SynthDrive's own
+    rig is ``synth.focal_scale`` / ``synth.camera_height`` (the truth it renders, written into each
+    frame's K, which the cues then use instead of this section)."""
+
+    focal: float | None = Field(None, gt=0)  # px; used when a frame has no extra["K"] (KITTI ~721)
+    focal_scale: float = Field(0.9, gt=0)  # focal = focal_scale * width when focal is None (px/px)
+    camera_height: float = Field(1.65, gt=0)  # metres above the road; fixes the metric scale of geometry depth
 
 
 class CuesConfig(_Section):
@@ -222,18 +235,26 @@ class RayConfig(_Section):
     depth: ActorResources = ActorResources()
     features: ActorResources = ActorResources()
     tracker: ActorResources = ActorResources(num_cpus=0.25)
-    writer: ActorResources = ActorResources(num_cpus=0.25)
+    writer: ActorResources = ActorResources(num_cpus=0.25)  # replicas = size of the shard writer pool
+    reader: ActorResources = ActorResources(num_cpus=0.25, replicas=2)  # decode next to the data; streams spread over them
+    write_drain_keep: int = Field(16, ge=0)  # writer calls left in flight per writer when the driver drains (backpressure)
     max_videos_in_flight: int = Field(4, ge=1)  # streams processed at once
     max_frames_in_flight: int = Field(8, ge=1)  # per stream
     chunk_frames: int = Field(300, ge=4)  # long videos are cut into chunks of this length
     max_restarts: int = Field(3, ge=0)  # actor restarts before a chunk is failed
     chunk_overlap: int = Field(2, ge=2)  # frames shared by consecutive chunks (vote window + ID stitching)
     max_chunk_attempts: int = Field(3, ge=1)  # tries of one chunk (tracker/depth state lost) before it is skipped
-    stream_backpressure: Literal["block", "drop"] = "block"  # streaming: wait, or drop new frames when full
-    stream_max_pending: int = Field(4, ge=1)  # streaming: frames accepted but not yet labelled, per stream
-    # streaming: first (provisional) label of frame t when t+1 arrives, t+1 stood in by cues of the pair
-    # (t, t+1) alone ("one_frame"), or when t+2 arrives with exact cues ("exact"); finals are exact either way
-    stream_latency: Literal["one_frame", "exact"] = "one_frame"
+
+
+class StreamConfig(_Section):
+    """Live streams (``videocups stream``, ``pipelines/stream_service.py``), per stream."""
+
+    backpressure: Literal["block", "drop"] = "block"  # when the queue is full: wait, or drop the new frame
+    max_pending: int = Field(4, ge=1)  # frames accepted but not yet labelled
+    # first (provisional) label of frame t when t+1 arrives, t+1 stood in by cues of the pair (t, t+1)
+    # alone ("one_frame", local engine), or when t+2 arrives with exact cues ("exact"; the Ray engine's
+    # trackers always work this way); final labels are exact either way
+    latency: Literal["one_frame", "exact"] = "one_frame"
 
 
 # --------------------------------------------------------------------------- model/train
@@ -322,24 +343,31 @@ class TrainConfig(_Section):
     flip_prob: float = Field(0.5, ge=0, le=1)  # augmentation: horizontal flip of a whole pair
     color_jitter: float = Field(0.1, ge=0, lt=1)  # augmentation: max relative brightness/contrast change
     copy_paste_bank: int = Field(64, ge=1)  # tubes kept per worker as copy-paste sources
-    # --- inference (pipelines/infer.py)
-    infer_batch_size: int = Field(4, ge=1)  # frames per model forward
-    infer_actors: int = Field(1, ge=1)  # Ray Data actors (one video per call) for the ray engine
-    infer_cpus_per_actor: float = Field(0.5, gt=0)  # logical CPUs per inference actor
-    infer_gpus_per_actor: float = Field(0.0, ge=0)  # GPUs per inference actor (fractional allowed)
+
+
+class InferConfig(_Section):
+    """Inference with a trained checkpoint (``videocups infer``, ``pipelines/infer.py``)."""
+
+    batch_size: int = Field(4, ge=1)  # frames per model forward
+    actors: int = Field(1, ge=1)  # Ray Data actors (one video per call) for the ray engine
+    cpus_per_actor: float = Field(0.5, gt=0)  # logical CPUs per inference actor
+    gpus_per_actor: float = Field(0.0, ge=0)  # GPUs per inference actor (fractional allowed)
 
 
 # --------------------------------------------------------------------------- top level
 class Config(_Section):
     synth: SynthConfig = SynthConfig()
     shards: ShardConfig = ShardConfig()
+    camera: CameraConfig = CameraConfig()
     cues: CuesConfig = CuesConfig()
     labeling: LabelingConfig = LabelingConfig()
     eval: EvalConfig = EvalConfig()
     datasets: DatasetsConfig = DatasetsConfig()
     ray: RayConfig = RayConfig()
+    stream: StreamConfig = StreamConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    infer: InferConfig = InferConfig()
 
     def hash(self) -> str:
         """Stable short hash of the full configuration (stored in shard manifests)."""

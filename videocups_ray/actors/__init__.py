@@ -1,14 +1,15 @@
-"""Ray actors: undecorated classes wrapping the pipeline stages with resources and lifecycle.
+"""Ray actors: undecorated classes wrapping the stages of ``videocups_ray/stages``.
 
-``pipelines/ray_pseudolabel.py`` turns them into Ray actors with
+``pipelines/ray_*.py`` turn them into Ray actors with
 :func:`~videocups_ray.actors.base.remote_class`; tests call them directly. Importing this
-package does not import Ray.
+package does not import Ray, and nothing here imports ``pipelines``.
 """
 
 from videocups_ray.actors.base import FailurePlan, StreamStateLost, remote_class
-from videocups_ray.actors.cues import DepthActor, FeatureActor, FlowActor, PairBatch
-from videocups_ray.actors.tracker import ChunkSpec, TrackerActor
+from videocups_ray.actors.cues import DepthActor, FeatureActor, FlowActor
+from videocups_ray.actors.reader import ReaderActor
+from videocups_ray.actors.tracker import TrackerActor
 from videocups_ray.actors.writer import WriterActor
 
-__all__ = ["ChunkSpec", "DepthActor", "FailurePlan", "FeatureActor", "FlowActor", "PairBatch",
-           "StreamStateLost", "TrackerActor", "WriterActor", "remote_class"]
+__all__ = ["DepthActor", "FailurePlan", "FeatureActor", "FlowActor", "ReaderActor", "StreamStateLost",
+           "TrackerActor", "WriterActor", "remote_class"]

@@ -18,18 +18,18 @@ import os
 from dataclasses import dataclass, field
 
 from videocups_ray.config import ActorResources, RayConfig
+from videocups_ray.stages.base import StreamStateLost
 
 log = logging.getLogger(__name__)
 
-ACTOR_KINDS = ("flow", "depth", "features", "tracker", "writer")
+ACTOR_KINDS = ("reader", "flow", "depth", "features", "tracker", "writer")
+
+__all__ = ["ACTOR_KINDS", "DeviceError", "FailureInjector", "FailurePlan", "StreamStateLost", "actor_resources",
+           "device_for", "remote_class", "remote_options"]
 
 
-class StreamStateLost(RuntimeError):
-    """A stateful actor was asked to continue a stream whose state it no longer holds.
-
-    Raised after an actor restart (its per-stream state died with the process) or when batches
-    of a stream arrive out of order; the pipeline redoes the stream's chunk from its start.
-    """
+class DeviceError(RuntimeError):
+    """A stage is configured for a device its actor cannot have (no silent CPU run)."""
 
 
 @dataclass(frozen=True)
@@ -92,8 +92,6 @@ def remote_class(cls: type, cfg: RayConfig, kind: str, *, restartable: bool = Tr
     """
     import ray
 
-    from videocups_ray.pipelines.ray_runtime import remote_options
-
     restarts = cfg.max_restarts if max_restarts is None else max_restarts
     opts = remote_options(actor_resources(cfg, kind), max_restarts=restarts)
     if not restartable:
@@ -101,15 +99,24 @@ def remote_class(cls: type, cfg: RayConfig, kind: str, *, restartable: bool = Tr
     return ray.remote(**opts)(cls)
 
 
-def device_for(res: ActorResources, configured: str) -> str:
-    """The device a cue actor runs on: the configured one, but CPU when no GPU is declared.
+def remote_options(res: ActorResources, *, max_restarts: int = 0) -> dict:
+    """``ray.remote(**options)`` for an actor from its declared resources."""
+    opts: dict = {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus, "max_restarts": max_restarts}
+    if res.memory:
+        opts["memory"] = res.memory
+    if max_restarts:
+        opts["max_task_retries"] = max_restarts
+    return opts
 
-    A stage configured for ``cuda`` in an actor without ``num_gpus`` would be scheduled on a
-    CPU-only node and fail there; falling back changes nothing numerically for the CPU
-    defaults, so it is logged once per actor.
+
+def device_for(res: ActorResources, configured: str, *, actor: str, stage: str) -> str:
+    """The device a cue actor runs on: the configured one, checked against its resources.
+
+    A stage configured for ``cuda`` in an actor that declares no GPU (``num_gpus=0``) would be
+    scheduled where no GPU is visible; the README promises no silent CPU run, so that is an
+    error naming the actor and the stage (set ``ray.<actor>.num_gpus`` or the stage's device).
     """
     if configured.startswith("cuda") and res.num_gpus <= 0:
-        log.warning("actor declares num_gpus=0 but its stage is configured for %s; running on CPU",
-                    configured)
-        return "cpu"
+        raise DeviceError(f"{actor} actor: stage {stage} is configured for {configured!r} but the actor declares "
+                          f"num_gpus=0 (set ray.{actor}.num_gpus > 0, or {stage}.device=cpu)")
     return configured

@@ -38,7 +38,14 @@ from videocups_ray.cues.base import (
 from videocups_ray.data.types import DataError
 
 if TYPE_CHECKING:  # config types only: the pure path imports without pydantic (gpu_check.py)
-    from videocups_ray.config import DepthConfig
+    from videocups_ray.config import CameraConfig, DepthConfig
+
+
+def _default_camera() -> "CameraConfig":
+    """The default camera section, imported late: the pure path imports without pydantic."""
+    from videocups_ray.config import CameraConfig
+
+    return CameraConfig()
 
 log = logging.getLogger(__name__)
 
@@ -65,17 +72,18 @@ class GeometryDepth(Estimator):
 
     name = "geometry"
 
-    def __init__(self, cfg: DepthConfig) -> None:
+    def __init__(self, cfg: DepthConfig, camera: CameraConfig | None = None) -> None:
         super().__init__()
         self.cfg = cfg
+        self.camera = camera if camera is not None else _default_camera()
         self.requires_gpu = False
         self.memory_bytes = 256 * 1024**2
         self._warned: set[str] = set()
         self.reset()
 
     @classmethod
-    def from_config(cls, cfg: DepthConfig) -> "GeometryDepth":
-        return cls(cfg)
+    def from_config(cls, cfg: DepthConfig, camera: CameraConfig | None = None) -> "GeometryDepth":
+        return cls(cfg, camera)
 
     def reset(self) -> None:
         self._last_depth: np.ndarray | None = None
@@ -103,7 +111,7 @@ class GeometryDepth(Estimator):
         img = as_images(frames_t, "frames_t")
         n, h, w = img.shape[:3]
         _check_flow(flow, n, (h, w))
-        Km = intrinsics_of(frames_t, h, w, self.cfg.focal, self.cfg.focal_scale, K)
+        Km = intrinsics_of(frames_t, h, w, self.camera.focal, self.camera.focal_scale, K)
         out = [self.estimate(flow.fw[i], flow.occlusion[i], Km) for i in range(n)]
         return DepthResult(*(np.stack(x) for x in zip(*out)))
 
@@ -135,10 +143,10 @@ class GeometryDepth(Estimator):
 
         plane_rel = self._fit_plane(z, rays, reliable & (p_epi < 0.5), rng)
         if plane_rel is not None:
-            scale = cfg.camera_height / plane_rel.height
-            plane = geo.Plane(n=plane_rel.n, height=cfg.camera_height)
+            scale = self.camera.camera_height / plane_rel.height
+            plane = geo.Plane(n=plane_rel.n, height=self.camera.camera_height)
         else:
-            plane = self._last_plane or geo.Plane(n=np.array([0.0, 1.0, 0.0]), height=cfg.camera_height)
+            plane = self._last_plane or geo.Plane(n=np.array([0.0, 1.0, 0.0]), height=self.camera.camera_height)
             zp_prior = geo.plane_depth(rays, plane)
             cand = reliable & (p_epi < 0.5) & np.isfinite(zp_prior) & (zp_prior < cfg.max_depth)
             if cand.sum() < 20:
@@ -276,7 +284,7 @@ class GeometryDepth(Estimator):
         anything that moves in the image moves by itself."""
         cfg = self.cfg
         h, w = fw.shape[:2]
-        plane = self._last_plane or geo.Plane(n=np.array([0.0, 1.0, 0.0]), height=cfg.camera_height)
+        plane = self._last_plane or geo.Plane(n=np.array([0.0, 1.0, 0.0]), height=self.camera.camera_height)
         zp = geo.plane_depth(rays, plane)
         if self._last_depth is not None and self._last_depth.shape == (h, w):
             self._warn_once("stopped-last", f"{why}; keeping the last good depth")
@@ -325,10 +333,11 @@ class OracleDepth(Estimator):
         return DepthResult(np.stack(depth).astype(np.float32), np.stack(prob), np.stack(valid))
 
 
-def build_depth(cfg: DepthConfig) -> Estimator:
-    """The depth estimator named by ``cfg.backend`` (not yet set up)."""
+def build_depth(cfg: DepthConfig, camera: CameraConfig | None = None) -> Estimator:
+    """The depth estimator named by ``cfg.backend`` (not yet set up); ``camera``: the shared
+    camera section (default values when None)."""
     if cfg.backend == "geometry":
-        return GeometryDepth.from_config(cfg)
+        return GeometryDepth.from_config(cfg, camera)
     if cfg.backend == "oracle":
         return OracleDepth.from_config(cfg)
     if cfg.backend == "monodepth":

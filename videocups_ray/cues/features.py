@@ -35,7 +35,14 @@ from videocups_ray.cues.base import Estimator, FeatureResult, FrameBatch, as_ima
 from videocups_ray.data.types import DataError
 
 if TYPE_CHECKING:  # config types only: the pure path imports without pydantic (gpu_check.py)
-    from videocups_ray.config import FeatureConfig
+    from videocups_ray.config import CameraConfig, FeatureConfig
+
+
+def _default_camera() -> "CameraConfig":
+    """The default camera section, imported late: the pure path imports without pydantic."""
+    from videocups_ray.config import CameraConfig
+
+    return CameraConfig()
 
 _TEXTURE_CHANNELS = 9  # (dx^2, dy^2, laplacian^2) x 3 scales
 _GEOMETRY_CHANNELS = 7
@@ -167,8 +174,9 @@ class HandmadeFeatures(Estimator):
 
     name = "handmade"
 
-    def __init__(self, cfg: FeatureConfig) -> None:
+    def __init__(self, cfg: FeatureConfig, camera: CameraConfig | None = None) -> None:
         super().__init__()
+        self.camera = camera if camera is not None else _default_camera()
         bad = [s for s in cfg.context_sigmas if not s > 0]
         if bad:
             raise ValueError(f"FeatureConfig.context_sigmas must be positive feature-map pixels, got {bad}")
@@ -178,8 +186,8 @@ class HandmadeFeatures(Estimator):
         self.memory_bytes = 256 * 1024**2
 
     @classmethod
-    def from_config(cls, cfg: FeatureConfig) -> "HandmadeFeatures":
-        return cls(cfg)
+    def from_config(cls, cfg: FeatureConfig, camera: CameraConfig | None = None) -> "HandmadeFeatures":
+        return cls(cfg, camera)
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         s = self.cfg.stride
@@ -191,7 +199,7 @@ class HandmadeFeatures(Estimator):
         img = as_images(frames, "frames")
         n, H, W = img.shape[:3]
         depth = _check_depth(depth, n, H, W)
-        K = intrinsics_of(frames, H, W, None, self.cfg.focal_scale, K)
+        K = intrinsics_of(frames, H, W, self.camera.focal, self.camera.focal_scale, K)
         out_hw = self.output_size(H, W)
         half_hw = (max(1, H // 2), max(1, W // 2))
         low_hw = (max(1, out_hw[0] // 2), max(1, out_hw[1] // 2))
@@ -214,10 +222,11 @@ class HandmadeFeatures(Estimator):
         return FeatureResult(high=_l2n(np.stack(high)), low=_l2n(np.stack(low)))
 
 
-def build_features(cfg: FeatureConfig) -> Estimator:
-    """The feature estimator named by ``cfg.backend`` (not yet set up)."""
+def build_features(cfg: FeatureConfig, camera: CameraConfig | None = None) -> Estimator:
+    """The feature estimator named by ``cfg.backend`` (not yet set up); ``camera``: the shared
+    camera section (default values when None)."""
     if cfg.backend == "handmade":
-        return HandmadeFeatures.from_config(cfg)
+        return HandmadeFeatures.from_config(cfg, camera)
     if cfg.backend == "dino":
         from videocups_ray.cues.vit import DinoFeatures
 

@@ -9,7 +9,7 @@ motion-probability head, as DynamoDepth's motion-mask decoder). Monodepth2's sep
 
 Depth follows Monodepth2's ``disp_to_depth``: disparity ``sigmoid`` scaled into
 ``[1/max_depth, 1/min_depth]``; a self-supervised network is scale-ambiguous, so the metric
-scale is fixed by ``DepthConfig.camera_height`` only when the caller rescales (not done here).
+scale is fixed by ``camera.camera_height`` only when the caller rescales (not done here).
 """
 
 from __future__ import annotations

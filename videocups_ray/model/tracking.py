@@ -213,21 +213,33 @@ class VideoPanopticPredictor:
 
     def push(self, image: np.ndarray) -> PanopticFrame:
         """Predict the next frame (HxWx3 uint8 RGB) of the current video."""
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise DataError(f"frame {self.memory.frame + 1}: expected HxWx3 uint8 RGB, got {image.shape} {image.dtype}")
-        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div(255.0).to(self.device)
+        return self.push_batch([image])[0]
+
+    def push_batch(self, images: list[np.ndarray]) -> list[PanopticFrame]:
+        """The next frames of the current video, in order: one batched forward, then association
+        and panoptic fusion frame by frame (track IDs do not depend on the batch size)."""
+        tensors = []
+        for k, image in enumerate(images):
+            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+                raise DataError(f"frame {self.memory.frame + 1 + k}: expected HxWx3 uint8 RGB, got {image.shape} "
+                                f"{image.dtype}")
+            tensors.append(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div(255.0)
+                           .to(self.device))
         with torch.no_grad():
-            pred = self.model([tensor])[0]
-        track_ids = self.memory.step(pred["embeddings"].cpu(), pred["boxes"].cpu(), pred["labels"].cpu(), pred["scores"].cpu())
+            preds = self.model(tensors)
+        return [self._frame({k: v.cpu() for k, v in pred.items()}) for pred in preds]
+
+    def _frame(self, pred: dict) -> PanopticFrame:
+        track_ids = self.memory.step(pred["embeddings"], pred["boxes"], pred["labels"], pred["scores"])
         thing_lut = torch.tensor([self.meta.ignore_label, *self.meta.thing_classes], dtype=torch.long)
-        thing_ids = thing_lut[pred["labels"].cpu()]
+        thing_ids = thing_lut[pred["labels"]]
         semantic, instance = panoptic_fusion(
-            pred["masks"].cpu(), pred["scores"].cpu(), thing_ids, torch.from_numpy(track_ids),
-            pred["semantic_logits"].cpu(), self.meta, min_visible=self.cfg.mask_overlap,
+            pred["masks"], pred["scores"], thing_ids, torch.from_numpy(track_ids),
+            pred["semantic_logits"], self.meta, min_visible=self.cfg.mask_overlap,
         )
         return PanopticFrame(
             frame_index=self.memory.frame, semantic=semantic, instance=instance,
-            boxes=pred["boxes"].cpu().numpy(), scores=pred["scores"].cpu().numpy(),
+            boxes=pred["boxes"].numpy(), scores=pred["scores"].numpy(),
             thing_classes=thing_ids.numpy(), track_ids=track_ids,
         )
 

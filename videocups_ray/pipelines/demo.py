@@ -85,7 +85,7 @@ def stage_eval_model(cfg: Config, corpus: Path, preds: Path) -> dict:
 
 def stage_eval_pseudo(cfg: Config, corpus: Path, shards: Path) -> dict:
     from videocups_ray.data.formats import open_source
-    from videocups_ray.pipelines.pseudolabel import evaluate_pseudolabels
+    from videocups_ray.pipelines.evaluate import evaluate_pseudolabels
 
     return evaluate_pseudolabels(shards, open_source(str(corpus)), cfg.eval)
 

@@ -312,9 +312,9 @@ def evaluate_paths(gt: str | Path, pred: str | Path, *, cfg: EvalConfig, fmt: La
     (``fmt`` sets both at once); None detects each. ``datasets`` holds the readers' options.
 
     ``pred`` may also be a pseudo-label shard directory (it holds ``manifest.json``), read
-    with :func:`videocups_ray.pipelines.pseudolabel.read_pseudolabels`.
+    with :func:`videocups_ray.data.pseudolabels.read_pseudolabels`.
     """
-    from videocups_ray.pipelines.pseudolabel import is_shard_dir, read_pseudolabels
+    from videocups_ray.data.pseudolabels import is_shard_dir, read_pseudolabels
 
     gt_format, pred_format = gt_format or fmt, pred_format or fmt
     if is_shard_dir(pred):  # pseudo-label shards: the manifest's thing/stuff split is applied
@@ -323,3 +323,13 @@ def evaluate_paths(gt: str | Path, pred: str | Path, *, cfg: EvalConfig, fmt: La
         pred_frames = _open_frames(pred, pred_format, "prediction", datasets)  # fail early
     gt_frames = _open_frames(gt, gt_format, "ground truth", datasets)
     return evaluate(gt_frames, pred_frames, cfg=cfg, unsupervised=unsupervised)
+
+
+def evaluate_pseudolabels(shard_dir: str | Path, gt: FrameSource, cfg: EvalConfig) -> dict[str, Any]:
+    """STQ / AQ / SQ / VPQ of a pseudo-label shard directory against a labelled source, with the
+    unsupervised cluster-to-class matching (what ``evaluate_paths`` computes for shard dirs)."""
+    from videocups_ray.data.pseudolabels import read_pseudolabels
+
+    if not gt.has_labels:
+        raise DataError(f"{gt!r}: has no ground-truth labels to evaluate against")
+    return evaluate(lambda: iter(gt), lambda: read_pseudolabels(shard_dir), cfg=cfg, unsupervised=True)

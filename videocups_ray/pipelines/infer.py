@@ -1,11 +1,10 @@
 """Inference: a trained checkpoint over videos -> panoptic prediction PNGs (+ overlay videos).
 
-Frames of one video go through the model ``train.infer_batch_size`` at a time (one batched
-forward), then, in frame order, through MaskTrack association (``VideoTrackMemory``) and
-panoptic fusion, exactly as ``VideoPanopticPredictor.push`` does one frame at a time.
+Frames of one video go through :class:`VideoPanopticPredictor` ``infer.batch_size`` at a time
+(one batched forward, then MaskTrack association and panoptic fusion in frame order).
 
 Engines: ``local`` (one process, videos in turn) and ``ray`` (a Ray Data job over the corpus:
-one row per video, ``map_batches`` with an actor pool of ``train.infer_actors`` actors that
+one row per video, ``map_batches`` with an actor pool of ``infer.actors`` actors that
 each load the checkpoint once and predict whole videos, since tracking needs frame order).
 
 Output layout (both formats): ``out/panoptic/<video_id>/<frame:06d>.png``; ``kitti-step`` is
@@ -16,6 +15,7 @@ Classes are the checkpoint's: pseudo-classes for an unsupervised model (score wi
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -30,7 +30,7 @@ from videocups_ray.config import Config, ModelConfig
 from videocups_ray.data import formats
 from videocups_ray.data.sources import FrameSource
 from videocups_ray.data.types import DataError, Frame, UnknownFormatError
-from videocups_ray.model import ClassMeta, PanopticFrame, VideoTrackMemory, load_checkpoint, panoptic_fusion
+from videocups_ray.model import ClassMeta, PanopticFrame, VideoPanopticPredictor, load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -41,32 +41,21 @@ FORMATS = tuple(formats.writable_formats())
 # --------------------------------------------------------------------------- prediction
 def predict_video(model: torch.nn.Module, meta: ClassMeta, cfg: ModelConfig, frames: Iterable[Frame], *,
                   batch_size: int = 4, device: str = "cpu") -> Iterator[tuple[Frame, PanopticFrame]]:
-    """(input frame, prediction) for every frame of one video, in order, track IDs consistent."""
+    """(input frame, prediction) for every frame of one video, in order, track IDs consistent:
+    :class:`VideoPanopticPredictor` fed ``batch_size`` frames per forward."""
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
-    model = model.to(device).eval()
-    memory = VideoTrackMemory(cfg)
-    thing_lut = torch.tensor([meta.ignore_label, *meta.thing_classes], dtype=torch.long)
+    predictor = VideoPanopticPredictor(model, meta, cfg, device=device)
     pending: list[Frame] = []
 
     def flush() -> Iterator[tuple[Frame, PanopticFrame]]:
-        tensors = []
-        for f in pending:
-            if f.image.ndim != 3 or f.image.shape[2] != 3 or f.image.dtype != np.uint8:
-                raise DataError(f"video {f.video_id!r} frame {f.frame_index}: expected HxWx3 uint8 RGB, "
-                                f"got {f.image.shape} {f.image.dtype}")
-            tensors.append(torch.from_numpy(np.ascontiguousarray(f.image)).permute(2, 0, 1).float().div(255.0).to(device))
-        with torch.no_grad():
-            preds = model(tensors)
+        try:
+            preds = predictor.push_batch([f.image for f in pending])
+        except DataError as exc:
+            raise DataError(f"video {pending[0].video_id!r} frames {pending[0].frame_index}-{pending[-1].frame_index}: "
+                            f"{exc}") from None
         for f, pred in zip(pending, preds):
-            pred = {k: v.cpu() for k, v in pred.items()}
-            track_ids = memory.step(pred["embeddings"], pred["boxes"], pred["labels"], pred["scores"])
-            thing_ids = thing_lut[pred["labels"]]
-            semantic, instance = panoptic_fusion(pred["masks"], pred["scores"], thing_ids, torch.from_numpy(track_ids),
-                                                 pred["semantic_logits"], meta, min_visible=cfg.mask_overlap)
-            yield f, PanopticFrame(frame_index=f.frame_index, semantic=semantic, instance=instance,
-                                   boxes=pred["boxes"].numpy(), scores=pred["scores"].numpy(),
-                                   thing_classes=thing_ids.numpy(), track_ids=track_ids)
+            yield f, dataclasses.replace(pred, frame_index=f.frame_index)
         pending.clear()
 
     last = None
@@ -121,7 +110,7 @@ def infer_video(model, meta: ClassMeta, cfg: Config, source: FrameSource, video_
     n = 0
     try:
         for frame, pred in predict_video(model, meta, cfg.model, source.frames(video_id),
-                                         batch_size=cfg.train.infer_batch_size, device=device):
+                                         batch_size=cfg.infer.batch_size, device=device):
             write_prediction(out, fmt, video_id, pred)
             if writer is not None:
                 writer.add(frame.image, pred)
@@ -199,7 +188,7 @@ def _infer_ray(cfg: Config, checkpoint, input_spec, videos: list[str], out: Path
 
     from videocups_ray.pipelines.ray_runtime import ray_session
 
-    tc = cfg.train
+    ic = cfg.infer
     with ray_session(cfg.ray):
         ds = ray.data.from_items([{"video_id": v} for v in videos], override_num_blocks=max(1, len(videos)))
         ds = ds.map_batches(
@@ -207,8 +196,8 @@ def _infer_ray(cfg: Config, checkpoint, input_spec, videos: list[str], out: Path
             fn_constructor_kwargs={"cfg_data": cfg.model_dump(mode="json"), "checkpoint": str(Path(checkpoint).resolve()),
                                    "input_spec": input_spec, "out": str(out.resolve()), "fmt": fmt,
                                    "overlay": overlay, "device": device},
-            compute=ActorPoolStrategy(size=min(tc.infer_actors, len(videos))),
-            num_cpus=tc.infer_cpus_per_actor, num_gpus=tc.infer_gpus_per_actor or None,
+            compute=ActorPoolStrategy(size=min(ic.actors, len(videos))),
+            num_cpus=ic.cpus_per_actor, num_gpus=ic.gpus_per_actor or None,
         )
         rows = ds.take_all()
     return [{"video_id": str(r["video_id"]), "frames": int(r["frames"]), "seconds": float(r["seconds"]),

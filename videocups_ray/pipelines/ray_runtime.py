@@ -15,7 +15,7 @@ import tempfile
 from contextlib import contextmanager
 from typing import Iterator
 
-from videocups_ray.config import ActorResources, RayConfig
+from videocups_ray.config import RayConfig
 
 log = logging.getLogger(__name__)
 
@@ -107,13 +107,3 @@ def ray_session(cfg: RayConfig) -> Iterator[object]:
         ray.shutdown()
         if created:
             _remove_temp(created)
-
-
-def remote_options(res: ActorResources, *, max_restarts: int = 0) -> dict:
-    """``ray.remote(**options)`` for an actor from its declared resources."""
-    opts: dict = {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus, "max_restarts": max_restarts}
-    if res.memory:
-        opts["memory"] = res.memory
-    if max_restarts:
-        opts["max_task_retries"] = max_restarts
-    return opts

@@ -214,7 +214,7 @@ def _frames(path: str | Path) -> list[Frame]:
 
 
 def _pseudo(shards: str | Path) -> dict:
-    from videocups_ray.pipelines.pseudolabel import read_pseudolabels
+    from videocups_ray.data.pseudolabels import read_pseudolabels
 
     return _labels_by_key(read_pseudolabels(shards))
 

@@ -1,10 +1,10 @@
 """Online pseudo-labeling: frames pushed as they arrive, labels out with bounded latency.
 
 :class:`StreamingPseudoLabeler` runs the same stages as the corpus engines, one frame pair at
-a time, in the order of :class:`~videocups_ray.pipelines.stages.VideoCueRunner`. Frame t gets
+a time, through the shared per-stream scheduler (``videocups_ray/stages``). Frame t gets
 a *provisional* label (``final=False``) first, then, when its clip closes, the *final* one
 (clip-level class alignment, short tracks dropped). Final frames equal the corpus engines'
-rows bit for bit in both latency modes (``ray.stream_latency``):
+rows bit for bit in both latency modes (``stream.latency``):
 
 - ``"one_frame"`` (default): t is labelled when t+1 arrives. The vote window of t needs t+1,
   whose real proposal needs t+1's forward flow, i.e. frame t+2; so t+1 is stood in by cues of
@@ -22,15 +22,16 @@ rows bit for bit in both latency modes (``ray.stream_latency``):
 
 :class:`StreamRunner` adds arrival-time decoupling: a bounded queue between the producer
 (camera, file, watched folder) and a worker thread. When processing is slower than arrival,
-``ray.stream_backpressure`` decides: ``block`` (the producer waits; frames are never lost;
+``stream.backpressure`` decides: ``block`` (the producer waits; frames are never lost;
 waits counted) or ``drop`` (the newest frame is discarded, counted, logged once, and a dropped
 frame ends the current video segment, since the tracker needs consecutive frames). Both are
 reported in the summary, with latency (arrival -> first label, so waits count) and the
 per-frame processing time that separates machine load from design.
 
-``run_stream(cfg, source, out)`` wires a source (camera index, video file, or a folder to
-watch) to the runner and writes final frames to shards. This engine runs in one process;
-the corpus engine (``ray_pseudolabel.py``) is the one that spreads work over a cluster.
+``run_stream(cfg, source, out)`` wires one source (camera index, stream URL, video file, or a
+folder to watch) to the runner in this process and writes final frames to shards. Several
+streams at once, on the Ray actor graph or locally: ``pipelines/stream_service.py``, whose Ray
+labeler (``pipelines/ray_streaming.py``) is driven by the same :class:`StreamRunner`.
 """
 
 from __future__ import annotations
@@ -52,39 +53,48 @@ from videocups_ray import __version__
 from videocups_ray.config import Config
 from videocups_ray.cues import DepthResult, FlowResult
 from videocups_ray.data.types import DataError, Frame
-from videocups_ray.labeling import FrameProposal, LabelledFrame, SemanticLabeler, VideoTracker
-from videocups_ray.pipelines.stages import CueStages, assemble_cues, fit_centroids, labelled_to_row
+from videocups_ray.labeling import FrameProposal, LabelledFrame, VideoTracker
+from videocups_ray.stages import ChunkSpec, CueStages, DepthStream, LabelStage, LabelStream, PairBatcher
+from videocups_ray.stages.centroids import fit_centroids
 
 log = logging.getLogger(__name__)
 LATENCY_MODES = ("one_frame", "exact")
+STREAM_URL_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")  # opened by OpenCV/FFmpeg
 
 
 class StreamingPseudoLabeler:
-    """``push(frame) -> labelled frames`` for one live stream at a time (see the module doc)."""
+    """``push(frame) -> labelled frames`` for one live stream at a time (see the module doc).
+
+    The stream runs through the shared scheduler objects (``stages.scheduler``): a
+    :class:`PairBatcher` of one pair per batch, a :class:`DepthStream` and a
+    :class:`LabelStream` with an open-ended chunk, so its final rows are the corpus engines'.
+    Final rows wait in :meth:`take_rows` for the caller to write them.
+    """
 
     def __init__(self, cfg: Config, centroids: np.ndarray, *, stages: CueStages | None = None,
                  latency: Literal["one_frame", "exact"] | None = None):
         self.cfg = cfg
-        self.latency = cfg.ray.stream_latency if latency is None else latency
+        self.latency = cfg.stream.latency if latency is None else latency
         if self.latency not in LATENCY_MODES:
             raise ValueError(f"stream latency must be one of {LATENCY_MODES}, got {self.latency!r}")
         self.stages = stages or CueStages.from_config(cfg)
         self.stages.setup()
         # one_frame: provisional frames come from preview(); the tracker itself emits finals only
-        emit = "online" if self.latency == "exact" else "clip"
-        self.tracker = VideoTracker(cfg.labeling, semantics=SemanticLabeler(centroids, cfg.labeling), emit=emit)
+        self.label = LabelStage(cfg, centroids, emit="online" if self.latency == "exact" else "clip")
+        self.label.setup()
         self._warned_stand_in = False
+        self._rows: list[dict] = []
         self._reset_stream()
+
+    @property
+    def tracker(self) -> VideoTracker:
+        return self.label.tracker
 
     def _reset_stream(self) -> None:
         self.video_id: str | None = None
-        self._prev: Frame | None = None  # frame t-1 waiting for its pair ahead
-        self._prev_prev: Frame | None = None  # frame t-2 (the last frame's depth looks back to it)
-        self._flow_prev: FlowResult | None = None  # pair (t-2, t-1)
-        self._last_depth: DepthResult | None = None
-        self._last_flow: FlowResult | None = None
-        self.stages.depth.reset()
-        self.tracker.reset()
+        self._batcher: PairBatcher | None = None
+        self._depth: DepthStream | None = None
+        self._ls: LabelStream | None = None
 
     def push(self, frame: Frame) -> list[LabelledFrame]:
         """Add the next frame; a new ``video_id`` ends the previous video first."""
@@ -93,22 +103,30 @@ class StreamingPseudoLabeler:
             out += self.end()
         if self.video_id is None:
             self.video_id = frame.video_id
-        prev = self._prev
-        if prev is not None:
-            if frame.frame_index != prev.frame_index + 1:
-                raise DataError(f"{frame.video_id} frame {frame.frame_index}: stream frames must be consecutive "
-                                f"(previous {prev.frame_index}); start a new video_id after a gap")
-            fr = self.stages.flow.process([prev], [frame])
-            dr = self.stages.depth.process([prev], [frame], fr)
-            fe = self.stages.features.process([prev], dr.depth)
-            cues = assemble_cues(prev, dr.depth[0], dr.motion_prob[0], fe.high[0], fe.low[0], self._flow_prev, fr)
-            self._flow_prev, self._last_depth = fr, dr
-            out += self.tracker.push(cues)
+            stream = f"{frame.video_id}@{frame.frame_index}"
+            self._batcher = PairBatcher(stream, 1)
+            self._depth = DepthStream(self.stages.depth, stream)
+            self._ls = LabelStream(self.label, ChunkSpec(str(frame.video_id), int(frame.frame_index), None), stream)
+        for batch in self._batcher.push(frame):
+            out += self._run(batch)
             if self.latency == "one_frame":
-                labelled = self.tracker.preview(self._stand_in(frame, prev, fr, dr))
+                prev, flow, prev_depth = self._depth.prev
+                labelled = self.tracker.preview(self._stand_in(frame, prev, flow, prev_depth))
                 out += [] if labelled is None else [labelled]
-        self._prev_prev, self._prev = prev, frame
         return out
+
+    def _run(self, batch) -> list[LabelledFrame]:
+        flow = None if batch.last else self.stages.flow.process(batch.frames_t, batch.frames_t1)
+        dr = self._depth.process(batch, flow)
+        fe = self.stages.features.process(batch.frames_t, dr.depth)
+        out = self._ls.process(batch, flow, dr, fe)
+        self._rows += self._ls.take_rows()
+        return out
+
+    def take_rows(self) -> list[dict]:
+        """Final shard rows labelled so far and not yet taken."""
+        rows, self._rows = self._rows, []
+        return rows
 
     def _stand_in(self, frame: Frame, prev: Frame, flow: FlowResult, prev_depth: DepthResult) -> FrameProposal:
         """Frame t+1 (``frame``) from the pair (t, t+1) alone, for the vote of t; see the module
@@ -131,18 +149,18 @@ class StreamingPseudoLabeler:
         self.stages.teardown()
 
     def end(self) -> list[LabelledFrame]:
-        """The stream (or video) ended: label the last frame, close the clip, reset."""
+        """The stream (or video) ended or was interrupted: label the last frame, close the open
+        clip early (its frames become final), reset."""
         out: list[LabelledFrame] = []
-        last = self._prev
-        if last is not None and self._flow_prev is not None:
-            dr = self.stages.depth.process_last(last, self._prev_prev, self._flow_prev, self._last_depth)
-            fe = self.stages.features.process([last], dr.depth)
-            cues = assemble_cues(last, dr.depth[0], dr.motion_prob[0], fe.high[0], fe.low[0], self._flow_prev, None)
-            out += self.tracker.push(cues)
-            out += self.tracker.flush()
-        elif last is not None:
-            log.warning("stream %s ended after a single frame; it has no optical flow and gets no labels",
-                        last.video_id)
+        if self._batcher is not None:
+            if self._batcher.seq == 0:
+                log.warning("stream %s ended after a single frame; it has no optical flow and gets no labels",
+                            self.video_id)
+            else:
+                for batch in self._batcher.end(with_last=True):
+                    out += self._run(batch)
+                out += self._ls.finish()
+                self._rows += self._ls.take_rows()
         self._reset_stream()
         return out
 
@@ -201,7 +219,7 @@ class StreamRunner:
                 self._queue.put_nowait((frame, t, self._segment))
             except queue.Full:
                 self.stats.blocked += 1
-                self._queue.put((frame, t, self._segment))
+                self._put_waiting((frame, t, self._segment))
                 self.stats.blocked_s += time.perf_counter() - t
             return True
         try:
@@ -216,8 +234,19 @@ class StreamRunner:
                 self._warned_drop = True
             return False
 
+    def _put_waiting(self, item: tuple) -> None:
+        """Wait for room, but not for a worker that has died (its error is raised instead)."""
+        while True:
+            try:
+                self._queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                if self._error is not None or not self._thread.is_alive():
+                    raise self._error or RuntimeError("stream worker stopped")
+
     def close(self) -> StreamStats:
-        self._queue.put((self._END, 0.0, 0))
+        if self._thread.is_alive():
+            self._put_waiting((self._END, 0.0, 0))  # raises the worker's error if it died meanwhile
         self._thread.join()
         if self._error is not None:
             raise self._error
@@ -257,12 +286,13 @@ class StreamRunner:
 
 
 # --------------------------------------------------------------------------- sources
-def _camera_frames(index: int, video_id: str) -> Iterator[Frame]:
+def _camera_frames(index: int | str, video_id: str) -> Iterator[Frame]:
+    """Frames of a camera index or of a URL OpenCV/FFmpeg opens (rtsp://, http://, ...)."""
     import cv2
 
     cap = cv2.VideoCapture(index)
     if not cap.isOpened():
-        raise DataError(f"camera {index}: cannot be opened")
+        raise DataError(f"{'camera ' if isinstance(index, int) else ''}{index}: cannot be opened")
     try:
         i = 0
         while True:
@@ -294,9 +324,12 @@ def _watch_folder(folder: Path, video_id: str, idle_timeout_s: float, poll_s: fl
 
 
 def open_stream(source: str | int, *, idle_timeout_s: float = 5.0) -> Iterator[Frame]:
-    """Frames of a camera index, a video file, or a folder to watch."""
+    """Frames of a camera index, a stream URL, a video file, or a folder to watch."""
     if isinstance(source, int) or (isinstance(source, str) and source.isdigit()):
         return _camera_frames(int(source), f"camera{int(source)}")
+    if "://" in source and source.split("://", 1)[0].lower() in STREAM_URL_SCHEMES:
+        name = source.split("://", 1)[1].strip("/").replace("/", "_") or "stream"
+        return _camera_frames(source, name)
     path = Path(source)
     if path.is_dir():
         return _watch_folder(path, path.name or "stream", idle_timeout_s)
@@ -304,7 +337,7 @@ def open_stream(source: str | int, *, idle_timeout_s: float = 5.0) -> Iterator[F
         from videocups_ray.data.formats import open_source
 
         return iter(open_source(str(path)))
-    raise DataError(f"stream source {source!r}: not a camera index, a video file or a folder")
+    raise DataError(f"stream source {source!r}: not a camera index, a stream URL, a video file or a folder")
 
 
 # --------------------------------------------------------------------------- entry point
@@ -314,7 +347,7 @@ def warmup_centroids(cfg: Config, frames: list[Frame], stages: CueStages) -> np.
     if not pairs:
         raise DataError("stream: need at least 2 frames to fit centroids; pass centroids=...")
     log.warning("stream: no centroids given; fitting them on the first %d frames of the stream", len(frames))
-    return fit_centroids([pairs], stages, cfg)
+    return fit_centroids([(str(frames[0].video_id), pairs)], stages, cfg)
 
 
 def run_stream(cfg: Config, source: str | int | Iterator[Frame], out: str | os.PathLike, *,
@@ -343,34 +376,40 @@ def run_stream(cfg: Config, source: str | int | Iterator[Frame], out: str | os.P
         centroids = warmup_centroids(cfg, head, stages)
     labeler = StreamingPseudoLabeler(cfg, centroids, stages=stages)
     writer = ShardWriter(out, cfg.shards, cfg.hash(), __version__)
-    images: dict[tuple[str, int], np.ndarray] = {}
 
     def deliver(lf: LabelledFrame) -> None:
         if on_labels is not None:
             on_labels(lf)
         if lf.final:
-            writer.add(**labelled_to_row(lf, images.pop((lf.video_id, lf.frame_index))))
+            for row in labeler.take_rows():
+                writer.add(**row)
 
-    runner = StreamRunner(labeler, deliver, max_pending=cfg.ray.stream_max_pending, policy=cfg.ray.stream_backpressure)
+    runner = StreamRunner(labeler, deliver, max_pending=cfg.stream.max_pending, policy=cfg.stream.backpressure)
     t0 = time.perf_counter()
     n = 0
-    for frame in itertools.chain(head, frames):
-        if max_frames is not None and n >= max_frames:
-            break
-        if fps:
-            time.sleep(max(0.0, t0 + n / fps - time.perf_counter()))
-        images[(frame.video_id, frame.frame_index)] = frame.image
-        if not runner.offer(frame):
-            images.pop((frame.video_id, frame.frame_index))
-        n += 1
+    interrupted = False
+    try:
+        for frame in itertools.chain(head, frames):
+            if max_frames is not None and n >= max_frames:
+                break
+            if fps:
+                time.sleep(max(0.0, t0 + n / fps - time.perf_counter()))
+            runner.offer(frame)
+            n += 1
+    except KeyboardInterrupt:
+        # Ctrl-C: stop taking frames, but label what was taken, close the open clip early and
+        # commit it (issue 17 #7: nothing already seen is lost)
+        interrupted = True
+        log.warning("stream: interrupted after %d frames; closing the open clip and committing it", n)
     try:
         stats = runner.close()
     finally:
         labeler.close()
     writer.close()
-    summary = {"out": os.fspath(out), **stats.summary(), "policy": cfg.ray.stream_backpressure,
+    summary = {"out": os.fspath(out), **stats.summary(), "policy": cfg.stream.backpressure,
                "stream_latency": labeler.latency,
-               "seconds": round(time.perf_counter() - t0, 2), "written": writer.summary.written}
+               "seconds": round(time.perf_counter() - t0, 2), "written": writer.summary.written,
+               "interrupted": interrupted}
     if stats.dropped:
         log.warning("stream: %d of %d frames dropped by backpressure", stats.dropped, stats.received)
     return summary

@@ -29,8 +29,8 @@ from typing import Any
 from videocups_ray import __version__
 from videocups_ray.config import Config, ConfigError, with_overrides
 from videocups_ray.data.checkpoints import CheckpointError, read_torch_file
-from videocups_ray.data.shards import ShardWriter
 from videocups_ray.data.formats import open_source
+from videocups_ray.data.shards import ShardWriter, shard_files
 from videocups_ray.data.sources import FrameSource
 from videocups_ray.data.types import DataError
 from videocups_ray.model import ClassMeta
@@ -122,6 +122,8 @@ def run_train(cfg: Config, shards: str | os.PathLike, out: str | os.PathLike, *,
         class_meta, apply_split = shard_class_meta(shards, cfg.eval)
     else:
         apply_split = False
+    # [shards] train on verified shards only: a damaged one is a one-line error naming it
+    shard_files(shards, verify=cfg.shards.verify_on_resume, workers=cfg.shards.verify_workers)
     t0 = time.perf_counter()
     os.environ.setdefault("RAY_DATA_LIST_FILES_THREADED_NUM_WORKERS", "1")  # see data/shards.py
     with ray_session(cfg.ray):

@@ -1,46 +1,42 @@
 """Cutting long videos into overlapping chunks, and stitching track IDs across the cuts.
 
 A 10-hour drive must not be serialised on one tracker, so a video longer than
-``ray.chunk_frames`` is cut into chunks labelled in parallel. Chunk k owns frames
-``[start, stop)``; it also labels the next ``ray.chunk_overlap`` frames (its *tail*), which
-the next chunk owns as its *head*. The same frames therefore carry two sets of track IDs,
+``ray.chunk_frames`` is cut into chunks labelled independently (in parallel on Ray, in turn in
+the local engine: the same chunks either way, so both give the same shards). Chunk k owns
+frames ``[start, stop)``; it also labels the next ``ray.chunk_overlap`` frames (its *tail*),
+which the next chunk owns as its *head*. The same frames therefore carry two sets of track IDs,
 and :func:`stitch_ids` matches them by IoU summed over the overlap (Hungarian, IoU >
 ``labeling.tau_m``): matched tracks keep the earlier chunk's global ID, others get new ones.
+:class:`VideoStitcher` applies this in chunk order as chunks finish in any order.
 
 Cuts fall on clip boundaries (``chunk_frames`` is rounded down to a multiple of
 ``labeling.clip_length``) so clip-level class alignment sees whole clips. What chunking does
 change: the first frame of a chunk has no t-1 (no backward vote, no association), and the
-geometry depth starts without its previous plane; a video short enough for one chunk is
-labelled exactly as the local engine labels it.
+geometry depth starts without its previous plane. No Ray here.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from videocups_ray.actors.tracker import ChunkSpec
 from videocups_ray.config import Config
 from videocups_ray.data.types import DataError
+from videocups_ray.labeling import ThingStuffStats, merge_thing_stuff
 from videocups_ray.labeling.tracker import MAX_TRACK_ID, match_by_iou
+from videocups_ray.stages.scheduler import ChunkResult, ChunkSpec
 
 log = logging.getLogger(__name__)
-_warned_rounding = False
 
 
 def chunk_length(cfg: Config) -> int:
     """``ray.chunk_frames`` rounded down to whole clips (at least one clip)."""
-    global _warned_rounding
     clip = cfg.labeling.clip_length
     length = cfg.ray.chunk_frames
     if length >= clip and length % clip:
-        rounded = length // clip * clip
-        if not _warned_rounding:
-            log.warning("ray.chunk_frames=%d is not a multiple of labeling.clip_length=%d; chunks of %d "
-                        "frames are used so clips are not cut", length, clip, rounded)
-            _warned_rounding = True
-        return rounded
+        return length // clip * clip
     return length
 
 
@@ -59,6 +55,17 @@ def plan_chunks(video_id: str, num_frames: int, cfg: Config) -> list[ChunkSpec]:
         tail = min(overlap, num_frames - stop)
         chunks.append(ChunkSpec(video_id, start, stop, tail=tail, overlap=overlap if k > 0 else 0))
     return chunks
+
+
+def apply_id_map(instance: np.ndarray, id_map: dict[int, int]) -> np.ndarray:
+    """Track IDs renamed by ``id_map`` (IDs not in it keep their value; 0 stays 0)."""
+    if not id_map:
+        return instance
+    top = max(int(instance.max(initial=0)), max(id_map)) + 1
+    lut = np.arange(top, dtype=np.int32)
+    for old, new in id_map.items():
+        lut[old] = new
+    return lut[instance]
 
 
 def _overlap_iou(tail: dict[int, np.ndarray], head: dict[int, np.ndarray]
@@ -105,6 +112,46 @@ def stitch_ids(prev_tail_global: dict[int, np.ndarray] | None, head: dict[int, n
 
 def to_global(maps: dict[int, np.ndarray], id_map: dict[int, int]) -> dict[int, np.ndarray]:
     """Instance maps renamed by ``id_map``."""
-    from videocups_ray.actors.writer import apply_id_map
-
     return {i: apply_id_map(m, id_map) for i, m in maps.items()}
+
+
+def chunk_key(chunk: ChunkSpec) -> str:
+    return f"{chunk.video_id}@{chunk.start}"
+
+
+@dataclass
+class VideoStitcher:
+    """Chunks of one video finishing in any order -> ID maps in chunk order, and the video's
+    thing/stuff histogram once every chunk is in (what the manifest records per video)."""
+
+    video_id: str
+    chunks: list[ChunkSpec]
+    tau: float
+    finished: dict[int, ChunkResult] = field(default_factory=dict)
+    mapped: int = 0  # chunks whose IDs are stitched (in order)
+    next_id: int = 1
+    prev_tail: dict | None = None
+    stats: list[ThingStuffStats] = field(default_factory=list)
+
+    def finish(self, index: int, result: ChunkResult) -> list[tuple[str, dict[int, int]]]:
+        """Chunk ``index`` is done; returns ``(chunk key, id map)`` of every chunk now stitched."""
+        self.finished[index] = result
+        out = []
+        while self.mapped in self.finished:
+            k = self.mapped
+            fin = self.finished.pop(k)
+            id_map, self.next_id = stitch_ids(self.prev_tail, fin.head, fin.ids, self.next_id, self.tau,
+                                              f"video {self.video_id!r}")
+            self.prev_tail = to_global(fin.tail, id_map)
+            self.stats.append(fin.stats)
+            out.append((chunk_key(self.chunks[k]), id_map))
+            self.mapped += 1
+        return out
+
+    @property
+    def done(self) -> bool:
+        return self.mapped == len(self.chunks)
+
+    def stats_entry(self, num_frames: int) -> dict:
+        merged = merge_thing_stuff(self.stats)
+        return {"in_instance": merged.in_instance.tolist(), "total": merged.total.tolist(), "frames": num_frames}
