@@ -128,6 +128,32 @@ def cmd_infer(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- cluster (issue 12)
+def cmd_cluster_check(args: argparse.Namespace) -> int:
+    from videocups_ray.pipelines.cluster_files import check_cluster_file, image_tag, unplaceable_actors
+
+    cfg = _config(args)
+    bad = 0
+    for path in args.files:
+        groups = check_cluster_file(path, image=image_tag())
+        problems = unplaceable_actors(groups, cfg.ray)
+        for p in problems:
+            print(f"{path}: {p}", file=sys.stderr)
+        bad += bool(problems)
+        print(json.dumps({"file": path, "ok": not problems, "node_groups": [g.__dict__ for g in groups]}))
+    return 2 if bad else 0
+
+
+def _add_cluster_parser(sub) -> None:
+    pc = sub.add_parser("cluster", help="cluster files and a simulated cluster on this machine")
+    csub = pc.add_subparsers(dest="cluster_command", required=True)
+    p = csub.add_parser("check", help="check cluster YAMLs offline: Ray's launcher validator, the "
+                        "RayCluster CRD schema, the image, and that every actor of --config fits a node")
+    p.add_argument("files", nargs="+", help="configs/cluster/*.yaml (Ray launcher or KubeRay RayCluster)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_cluster_check)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="videocups", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -214,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the result as JSON here")
     _add_config_args(p)
     p.set_defaults(func=cmd_eval)
+    _add_cluster_parser(sub)
     return parser
 
 
