@@ -23,18 +23,61 @@ def kitti_sample() -> Path:
     return KITTI_SAMPLE
 
 
-@pytest.fixture(scope="session")
-def ray_session():
-    """One local Ray instance for the whole test session (starting one costs seconds)."""
+def _init_local_ray() -> None:
     import ray
 
     tmp = tempfile.mkdtemp(prefix="vcr", dir="/tmp")
     ray.init(num_cpus=4, include_dashboard=False, object_store_memory=512 * 1024**2,
              _temp_dir=tmp, log_to_driver=False)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray instance for the whole test session (starting one costs seconds)."""
+    import ray
+
+    _init_local_ray()
     try:
         yield ray
     finally:
         ray.shutdown()
+
+
+@pytest.fixture
+def sim_cluster():
+    """Start simulated multi-node clusters (``videocups_ray/pipelines/sim_cluster.py``):
+    ``sim_cluster(nodes, connect=True)`` -> a started ``SimCluster`` this process is connected to.
+
+    Every cluster is shut down in ``finally`` and must leave no process behind. A driver joins one
+    Ray instance at a time, so the session's local instance (``ray_session``), if it is up, is
+    stopped for the test and started again afterwards.
+    """
+    import ray
+
+    from videocups_ray.pipelines.sim_cluster import SimCluster
+
+    paused = ray.is_initialized()
+    if paused:
+        ray.shutdown()
+    clusters: list[SimCluster] = []
+
+    def make(nodes, *, connect: bool = True, **kwargs) -> SimCluster:
+        cluster = SimCluster(nodes, **kwargs)
+        clusters.append(cluster)
+        cluster.start()
+        if connect:
+            cluster.connect()
+        return cluster
+
+    try:
+        yield make
+    finally:
+        for cluster in clusters:
+            cluster.shutdown()
+        left = {c.temp_dir: c.pids() for c in clusters if c.pids()}
+        if paused:
+            _init_local_ray()
+        assert not left, f"processes outlived their simulated cluster: {left}"
 
 
 @pytest.fixture(scope="session")
