@@ -61,8 +61,8 @@ def sim_cluster():
         ray.shutdown()
     clusters: list[SimCluster] = []
 
-    def make(nodes, *, connect: bool = True, **kwargs) -> SimCluster:
-        cluster = SimCluster(nodes, **kwargs)
+    def make(nodes, *, connect: bool = True, cls: type[SimCluster] = SimCluster, **kwargs) -> SimCluster:
+        cluster = cls(nodes, **kwargs)
         clusters.append(cluster)
         cluster.start()
         if connect:

@@ -47,26 +47,27 @@ def check_pinning(places: list[dict], fraction: float) -> Counter:
 
 
 def test_two_nodes_pin_whole_and_fractional_gpus(sim_cluster):
-    """Quick cluster test (default suite): 2 nodes x 2 fake GPUs; 2 flow actors at 1 GPU and 4
-    feature actors at 0.5 fill all 4 devices; one more GPU actor waits; the actors do real work."""
-    cluster = sim_cluster(uniform(2, gpus_per_node=2, cpus_per_node=2))
+    """Quick cluster test (default suite): 2 nodes x 1 fake GPU; a flow actor at 1 GPU and 2
+    feature actors at 0.5 fill both devices; one more GPU actor waits; the actors do real work.
+    (Few actors on purpose: every actor process imports torch, seconds of CPU each.)"""
+    cluster = sim_cluster(uniform(2, gpus_per_node=1, cpus_per_node=2))
     import ray
 
-    assert ray.cluster_resources()["GPU"] == 4
+    assert ray.cluster_resources()["GPU"] == 2
     assert ray.cluster_resources()[node_type_resource("gpu")] == 2
     cfg = gpu_config(flow={"num_cpus": 0.1, "num_gpus": 1}, features={"num_cpus": 0.1, "num_gpus": 0.5})
     Flow = remote_class(probed(FlowActor), cfg.ray, "flow")
     Feat = remote_class(probed(FeatureActor), cfg.ray, "features")
-    flows = [Flow.remote(cfg, "cuda") for _ in range(2)]
+    flows = [Flow.remote(cfg, "cuda")]
     whole = check_pinning(placements(ray, flows), 1.0)  # placed first, so the halves cannot scatter
-    feats = [Feat.remote(cfg, "cuda") for _ in range(4)]
+    feats = [Feat.remote(cfg, "cuda") for _ in range(2)]
     half = check_pinning(placements(ray, feats), 0.5)
-    assert sorted(half.values()) == [2, 2]  # two half-GPU actors share each of the two free devices
+    assert list(half.values()) == [2]  # the two half-GPU actors share the free device
     assert not set(whole) & set(half)  # a whole-GPU actor shares its device with nobody
-    assert len(set(whole) | set(half)) == 4
+    assert len({node for node, _ in set(whole) | set(half)}) == 2
     assert {p["node_type"] for p in placements(ray, flows + feats)} == {"gpu"}
 
-    extra = Feat.remote(cfg, "cuda")  # 4.0 of 4 GPUs are taken: it must wait, not double up
+    extra = Feat.remote(cfg, "cuda")  # 2.0 of 2 GPUs are taken: it must wait, not double up
     ready, _ = ray.wait([extra.ready.remote()], timeout=3)
     assert not ready
     ray.kill(feats[0])
@@ -189,3 +190,69 @@ def test_cli_cluster_up_runs_the_pipeline_then_down_leaves_nothing(tmp_path):
         if up.poll() is None:
             up.terminate()
             up.wait(timeout=60)
+
+
+@pytest.mark.slow
+def test_autoscaler_adds_gpu_nodes_for_a_growing_pool_and_removes_them_idle(sim_cluster, record_property):
+    """Ray's autoscaler (fake multi-node provider) on a simulated cluster: a cue actor pool grown from
+    1 to 4 replicas at 1 GPU each brings up a second 2-GPU node; idle nodes go away. Time-to-scale
+    is reported (``record_property``), not asserted: it is a benchmark number."""
+    from videocups_ray.pipelines.sim_cluster import AutoscalingSimCluster, wait_for
+
+    cluster = sim_cluster([NodeSpec("gpu", count=2, cpus=2, gpus=2)], connect=False,
+                          cls=AutoscalingSimCluster, idle_timeout_s=6)
+    ray = cluster.connect()
+    assert ray.cluster_resources().get("GPU", 0) == 0  # min_workers 0: no worker node yet
+    cfg = gpu_config(flow={"num_cpus": 0.1, "num_gpus": 1})
+    Flow = remote_class(probed(FlowActor), cfg.ray, "flow")
+    pool = [Flow.remote(cfg, "cuda")]
+    t_first = wait_for(lambda: ray.cluster_resources().get("GPU", 0) >= 2, 300)
+    pool += [Flow.remote(cfg, "cuda") for _ in range(3)]
+    t_grow = wait_for(lambda: ray.cluster_resources().get("GPU", 0) >= 4, 300)
+    places = placements(ray, pool)
+    check_pinning(places, 1.0)
+    assert len({p["node_id"] for p in places}) == 2
+    for a in pool:
+        ray.kill(a)
+    t_shrink = wait_for(lambda: ray.cluster_resources().get("GPU", 0) == 0, 300)
+    for key, value in (("first_node_s", t_first), ("second_node_s", t_grow), ("scale_down_s", t_shrink)):
+        record_property(key, round(value, 1))
+    print(f"time to scale: first node {t_first:.1f} s, second node {t_grow:.1f} s, idle scale-down {t_shrink:.1f} s")
+
+
+@pytest.mark.slow
+def test_training_survives_the_loss_of_a_worker_node(sim_cluster, tmp_path):
+    """Ray Train on the simulated cluster, elastic 1..2 workers, one per worker node (1.5 logical
+    CPUs each, 1 per train worker). A node is lost after the step-2 checkpoint: FailureConfig
+    restarts the run on the remaining node from that checkpoint, and training finishes."""
+    import json
+    import threading
+
+    from test_train import tiny_config  # the Ray Train test's tiny model and synthetic corpus
+
+    from videocups_ray.data.shards import frames_to_shards
+    from videocups_ray.pipelines.pseudolabel import synth_source
+    from videocups_ray.pipelines.train import run_train
+    from videocups_ray.pipelines.sim_cluster import wait_for
+
+    cfg = tiny_config(max_steps=6, checkpoint_every=2, workers=[1, 2], cpus_per_worker=1.0, max_failures=2)
+    frames_to_shards(synth_source(cfg.synth), tmp_path / "shards", cfg.shards)
+    cluster = sim_cluster([NodeSpec("cpu", count=2, cpus=1.5, gpus=0)], head_cpus=0.5)
+    run = tmp_path / "run"
+    result: dict = {}
+    worker = threading.Thread(target=lambda: result.update(run_train(cfg, tmp_path / "shards", run)))
+    worker.start()
+    try:
+        def reached(step: int) -> bool:
+            path = run / "metrics.jsonl"
+            return path.exists() and any(json.loads(l)["step"] >= step for l in path.read_text().splitlines())
+
+        wait_for(lambda: reached(2), 600)
+        cluster.remove_node(cluster.worker_nodes[0])
+    finally:
+        worker.join(timeout=900)
+    assert not worker.is_alive() and result["steps"] == 6
+    records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["workers"] == 2 and records[-1]["workers"] == 1
+    resumed = {r["resumed_from"] for r in records}
+    assert resumed - {0} and min(resumed - {0}) >= 2  # restarted from a checkpoint, not from scratch

@@ -263,6 +263,91 @@ def probed(cls: type) -> type:
     return type(f"Probed{cls.__name__}", (cls,), {"placement": lambda self: placement()})
 
 
+# --------------------------------------------------------------------------- autoscaling
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((NODE_IP, 0))
+        return int(sock.getsockname()[1])
+
+
+class AutoscalingSimCluster(SimCluster):
+    """A head node whose Ray autoscaler adds and removes simulated worker nodes on demand.
+
+    Ray's fake multi-node provider (the one behind ``ray.cluster_utils.AutoscalingCluster`` and
+    Ray's own autoscaler tests) starts each node the autoscaler asks for as a local raylet.
+    ``AutoscalingCluster`` itself is not used: it runs ``ray stop --force``, which kills every
+    Ray instance on the machine, and its base config is missing from the wheel. Here the head is
+    started like any :class:`SimCluster` head, with the autoscaling config and the fake provider
+    pointed at its GCS; the ``specs`` give the worker node types with ``count`` as their
+    ``max_workers`` (``min_workers`` 0), and nodes idle for ``idle_timeout_s`` are removed.
+    Worker nodes are started by the autoscaler process, so only the :meth:`pids` sweep of
+    :meth:`shutdown` can stop them: it does.
+    """
+
+    def __init__(self, nodes: list[NodeSpec], *, idle_timeout_s: float = 6.0, **kwargs):
+        super().__init__(nodes, **kwargs)
+        self.idle_timeout_s = idle_timeout_s
+
+    def autoscaling_config(self, gcs_port: int) -> dict:
+        types = {"ray.head.default": {"resources": {"CPU": self.head_cpus}, "node_config": {}, "max_workers": 0}}
+        for spec in self.specs:
+            res = {"CPU": spec.cpus, "GPU": spec.gpus, "object_store_memory": spec.object_store_mb * 2**20,
+                   node_type_resource(spec.node_type): 1, **spec.resources}
+            if spec.gpu_memory_gb:
+                res["gpu_memory_gb"] = spec.gpu_memory_gb
+            types[spec.node_type] = {"resources": res, "node_config": {}, "min_workers": 0,
+                                     "max_workers": spec.count, "labels": {NODE_TYPE_LABEL: spec.node_type}}
+        return {"cluster_name": "videocups-sim", "max_workers": sum(s.count for s in self.specs),
+                "provider": {"type": "fake_multinode", "use_node_id_as_ip": True, "disable_node_updaters": True,
+                             "disable_launch_config_check": True, "gcs_address": f"{NODE_IP}:{gcs_port}"},
+                "available_node_types": types, "head_node_type": "ray.head.default", "auth": {},
+                "upscaling_speed": 1.0, "idle_timeout_minutes": self.idle_timeout_s / 60, "docker": {},
+                "initialization_commands": [], "setup_commands": [], "head_setup_commands": [],
+                "worker_setup_commands": [], "head_start_ray_commands": [], "worker_start_ray_commands": [],
+                "file_mounts": {}, "cluster_synced_files": [], "file_mounts_sync_continuously": False,
+                "rsync_exclude": [], "rsync_filter": []}
+
+    def start(self) -> str:
+        import json
+
+        from ray.cluster_utils import Cluster
+
+        port = _free_port()
+        path = Path(self.temp_dir) / "autoscaling.json"
+        path.write_text(json.dumps(self.autoscaling_config(port)))
+        env = {"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}  # read by the monitor process
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        before = _address_file_state()
+        try:
+            args = self._node_args(HEAD_TYPE, self.head_cpus, 0, self.head_object_store_mb, {}, head=True)
+            self._cluster = Cluster(initialize_head=True, head_node_args={
+                **args, "gcs_server_port": port, "autoscaling_config": str(path)})
+        finally:
+            _restore_address_file(before)
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        return self.address
+
+    def add_node(self, spec: NodeSpec):
+        raise RuntimeError("an autoscaling simulated cluster gets its worker nodes from the autoscaler")
+
+
+def wait_for(predicate, timeout_s: float, poll_s: float = 0.5) -> float:
+    """Seconds until ``predicate()`` is true; TimeoutError after ``timeout_s``."""
+    t0 = time.monotonic()
+    while not predicate():
+        if time.monotonic() - t0 > timeout_s:
+            raise TimeoutError(f"condition not met within {timeout_s:g} s")
+        time.sleep(poll_s)
+    return time.monotonic() - t0
+
+
 # --------------------------------------------------------------------------- CLI helpers
 DEFAULT_STATE = Path.home() / ".cache" / "videocups" / "sim-cluster.json"
 
