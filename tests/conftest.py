@@ -46,7 +46,8 @@ def ray_session():
 @pytest.fixture
 def sim_cluster():
     """Start simulated multi-node clusters (``videocups_ray/pipelines/sim_cluster.py``):
-    ``sim_cluster(nodes, connect=True)`` -> a started ``SimCluster`` this process is connected to.
+    ``sim_cluster(nodes, connect=True, cls=SimCluster, **kwargs)`` -> a started cluster (``cls`` may be
+    ``AutoscalingSimCluster``) that this process is connected to.
 
     Every cluster is shut down in ``finally`` and must leave no process behind. A driver joins one
     Ray instance at a time, so the session's local instance (``ray_session``), if it is up, is

@@ -222,8 +222,8 @@ def test_autoscaler_adds_gpu_nodes_for_a_growing_pool_and_removes_them_idle(sim_
 
 @pytest.mark.slow
 def test_training_survives_the_loss_of_a_worker_node(sim_cluster, tmp_path):
-    """Ray Train on the simulated cluster, elastic 1..2 workers, one per worker node (1.5 logical
-    CPUs each, 1 per train worker). A node is lost after the step-2 checkpoint: FailureConfig
+    """Ray Train on the simulated cluster, elastic 1..2 workers, one per worker node (2 logical
+    CPUs each, 1.5 per train worker, the rest for Ray Data). A node is lost after the step-2 checkpoint: FailureConfig
     restarts the run on the remaining node from that checkpoint, and training finishes."""
     import json
     import threading
@@ -235,9 +235,9 @@ def test_training_survives_the_loss_of_a_worker_node(sim_cluster, tmp_path):
     from videocups_ray.pipelines.train import run_train
     from videocups_ray.pipelines.sim_cluster import wait_for
 
-    cfg = tiny_config(max_steps=6, checkpoint_every=2, workers=[1, 2], cpus_per_worker=1.0, max_failures=2)
+    cfg = tiny_config(max_steps=6, checkpoint_every=2, workers=[1, 2], cpus_per_worker=1.5, max_failures=2)
     frames_to_shards(synth_source(cfg.synth), tmp_path / "shards", cfg.shards)
-    cluster = sim_cluster([NodeSpec("cpu", count=2, cpus=1.5, gpus=0)], head_cpus=0.5)
+    cluster = sim_cluster([NodeSpec("cpu", count=2, cpus=2, gpus=0)], head_cpus=0)
     run = tmp_path / "run"
     result: dict = {}
     worker = threading.Thread(target=lambda: result.update(run_train(cfg, tmp_path / "shards", run)))

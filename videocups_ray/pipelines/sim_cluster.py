@@ -49,7 +49,7 @@ class NodeSpec:
 
     node_type: str
     count: int = 1
-    cpus: float = 4  # logical CPUs declared (not cores): actors use fractions of them
+    cpus: int = 4  # logical CPUs declared (not cores; Ray wants whole numbers): actors use fractions
     gpus: int = 4  # fake GPUs declared; Ray assigns their ids and sets CUDA_VISIBLE_DEVICES
     gpu_memory_gb: float = 0.0  # optional custom resource "gpu_memory_gb" (heterogeneous GPU types)
     object_store_mb: int = 128  # this node's object store, MiB (>= 75, Ray's minimum)
@@ -58,12 +58,13 @@ class NodeSpec:
     def __post_init__(self) -> None:
         if not self.node_type or self.node_type == HEAD_TYPE:
             raise ValueError(f"NodeSpec.node_type must be a non-empty name other than {HEAD_TYPE!r}")
-        if self.count < 0 or self.cpus < 0 or self.gpus < 0 or self.object_store_mb < 75:
-            raise ValueError(f"NodeSpec {self.node_type}: need count, cpus, gpus >= 0 and "
+        if self.count < 0 or self.cpus < 0 or self.gpus < 0 or self.object_store_mb < 75 \
+                or int(self.cpus) != self.cpus or int(self.gpus) != self.gpus:
+            raise ValueError(f"NodeSpec {self.node_type}: need whole count, cpus, gpus >= 0 and "
                              f"object_store_mb >= 75, got {self}")
 
 
-def uniform(nodes: int, gpus_per_node: int = 4, cpus_per_node: float = 4,
+def uniform(nodes: int, gpus_per_node: int = 4, cpus_per_node: int = 4,
             node_type: str = "gpu") -> list[NodeSpec]:
     """``nodes`` identical worker nodes."""
     return [NodeSpec(node_type, count=nodes, cpus=cpus_per_node, gpus=gpus_per_node)]
@@ -76,7 +77,7 @@ class SimCluster:
     The head node declares ``head_cpus`` and no GPU, like a real head that only runs the GCS.
     """
 
-    def __init__(self, nodes: list[NodeSpec], *, head_cpus: float = 1, head_object_store_mb: int = 128,
+    def __init__(self, nodes: list[NodeSpec], *, head_cpus: int = 1, head_object_store_mb: int = 128,
                  temp_dir: str | None = None):
         self.specs = list(nodes)
         self.head_cpus = head_cpus
@@ -360,7 +361,7 @@ def _raise_stop(signum, frame) -> None:
     raise _Stop(signum)
 
 
-def serve(nodes: list[NodeSpec], state_file: Path = DEFAULT_STATE, *, head_cpus: float = 1,
+def serve(nodes: list[NodeSpec], state_file: Path = DEFAULT_STATE, *, head_cpus: int = 1,
           on_ready=print) -> dict:
     """Run a simulated cluster in this process until SIGTERM/SIGINT (``videocups cluster up``).
 
