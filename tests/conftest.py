@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -32,15 +33,75 @@ def require_sample(path: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def ray_session():
-    """One local Ray instance for the whole test session (starting one costs seconds); the
-    pipelines' own runtime, so it is private (127.0.0.1) and its temp folder is removed."""
+_SESSION_RAY: dict = {}  # "stack": the ExitStack holding the session's local Ray instance
+
+
+def _start_session_ray():
+    """The pipelines' own runtime, so the instance is private (127.0.0.1) and its temp folder is
+    removed at the end."""
     from videocups_ray.config import RayConfig
     from videocups_ray.pipelines.ray_runtime import ray_session as start
 
-    with start(RayConfig(num_cpus=4, object_store_memory=512 * 1024**2)) as ray:
+    stack = contextlib.ExitStack()
+    ray = stack.enter_context(start(RayConfig(num_cpus=4, object_store_memory=512 * 1024**2)))
+    _SESSION_RAY["stack"] = stack
+    return ray
+
+
+def _stop_session_ray() -> bool:
+    """Stop the session's Ray instance; True if one was running."""
+    stack = _SESSION_RAY.pop("stack", None)
+    if stack is not None:
+        stack.close()
+    return stack is not None
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray instance for the whole test session (starting one costs seconds)."""
+    ray = _start_session_ray()
+    try:
         yield ray
+    finally:
+        _stop_session_ray()
+
+
+@pytest.fixture
+def sim_cluster():
+    """Start simulated multi-node clusters (``videocups_ray/pipelines/sim_cluster.py``):
+    ``sim_cluster(nodes, connect=True, cls=SimCluster, **kwargs)`` -> a started cluster (``cls`` may be
+    ``AutoscalingSimCluster``) that this process is connected to.
+
+    Every cluster is shut down in ``finally`` and must leave no process behind. A driver joins one
+    Ray instance at a time, so the session's local instance (``ray_session``), if it is up, is
+    stopped for the test and started again afterwards.
+    """
+    import ray
+
+    from videocups_ray.pipelines.sim_cluster import SimCluster
+
+    paused = _stop_session_ray()
+    if ray.is_initialized():
+        ray.shutdown()
+    clusters: list[SimCluster] = []
+
+    def make(nodes, *, connect: bool = True, cls: type[SimCluster] = SimCluster, **kwargs) -> SimCluster:
+        cluster = cls(nodes, **kwargs)
+        clusters.append(cluster)
+        cluster.start()
+        if connect:
+            cluster.connect()
+        return cluster
+
+    try:
+        yield make
+    finally:
+        for cluster in clusters:
+            cluster.shutdown()
+        left = {c.temp_dir: c.pids() for c in clusters if c.pids()}
+        if paused:
+            _start_session_ray()
+        assert not left, f"processes outlived their simulated cluster: {left}"
 
 
 @pytest.fixture(scope="session")

@@ -168,6 +168,72 @@ def cmd_infer(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- cluster (issue 12)
+def cmd_cluster_check(args: argparse.Namespace) -> int:
+    from videocups_ray.pipelines.cluster_files import check_cluster_file, image_tag, unplaceable_actors
+
+    cfg = _config(args)
+    bad = 0
+    for path in args.files:
+        groups = check_cluster_file(path, image=image_tag())
+        problems = unplaceable_actors(groups, cfg.ray)
+        for p in problems:
+            print(f"{path}: {p}", file=sys.stderr)
+        bad += bool(problems)
+        print(json.dumps({"file": path, "ok": not problems, "node_groups": [g.__dict__ for g in groups]}))
+    return 2 if bad else 0
+
+
+def cmd_cluster_up(args: argparse.Namespace) -> int:
+    from videocups_ray.pipelines.sim_cluster import NodeSpec, serve
+
+    nodes = [NodeSpec(args.node_type, count=args.nodes, cpus=args.cpus_per_node, gpus=args.gpus_per_node,
+                      object_store_mb=args.object_store_mb)]
+    try:
+        serve(nodes, Path(args.state), head_cpus=args.head_cpus, on_ready=lambda s: print(s, flush=True))
+    except RuntimeError as exc:
+        print(f"videocups cluster up: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_cluster_down(args: argparse.Namespace) -> int:
+    from videocups_ray.pipelines.sim_cluster import stop
+
+    try:
+        print(json.dumps(stop(Path(args.state), timeout_s=args.timeout)))
+    except RuntimeError as exc:
+        print(f"videocups cluster down: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _add_cluster_parser(sub) -> None:
+    pc = sub.add_parser("cluster", help="cluster files and a simulated cluster on this machine")
+    csub = pc.add_subparsers(dest="cluster_command", required=True)
+    p = csub.add_parser("check", help="check cluster YAMLs offline: Ray's launcher validator, the "
+                        "RayCluster CRD schema, the image, and that every actor of --config fits a node")
+    p.add_argument("files", nargs="+", help="configs/cluster/*.yaml (Ray launcher or KubeRay RayCluster)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_cluster_check)
+    from videocups_ray.pipelines.sim_cluster import DEFAULT_STATE
+
+    p = csub.add_parser("up", help="a simulated multi-node cluster with fake GPUs on this machine; runs "
+                        "until `cluster down` or Ctrl-C and prints the --set ray.address=... to use")
+    p.add_argument("--nodes", type=int, default=2, help="worker nodes")
+    p.add_argument("--gpus-per-node", type=int, default=4, help="fake GPUs each worker node declares")
+    p.add_argument("--cpus-per-node", type=int, default=4, help="logical CPUs each worker node declares")
+    p.add_argument("--head-cpus", type=int, default=1, help="logical CPUs of the head node")
+    p.add_argument("--node-type", default="gpu", help="node type label / node_type:<name> resource")
+    p.add_argument("--object-store-mb", type=int, default=128, help="object store per node, MiB")
+    p.add_argument("--state", default=str(DEFAULT_STATE), help="where `down` finds the running cluster")
+    p.set_defaults(func=cmd_cluster_up)
+    p = csub.add_parser("down", help="stop the simulated cluster of `cluster up`")
+    p.add_argument("--state", default=str(DEFAULT_STATE))
+    p.add_argument("--timeout", type=float, default=60, help="seconds to wait for every process to exit")
+    p.set_defaults(func=cmd_cluster_down)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="videocups", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -268,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the result as JSON here")
     _add_config_args(p)
     p.set_defaults(func=cmd_eval)
+    _add_cluster_parser(sub)
     return parser
 
 

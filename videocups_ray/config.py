@@ -78,7 +78,9 @@ class ShardConfig(_Section):
 class FlowConfig(_Section):
     """Optical flow, forward t->t+1 and backward (DESIGN.md section 5)."""
 
-    backend: Literal["dis", "raft", "oracle"] = "dis"  # oracle = SynthDrive ground truth
+    # oracle = SynthDrive ground truth; simulated = oracle cues after sleeping cost_ms (a load
+    # generator for benchmarks and tests of orchestration, never for labels: cues/simulated.py)
+    backend: Literal["dis", "raft", "oracle", "simulated"] = "dis"
     dis_preset: Literal["ultrafast", "fast", "medium"] = "medium"  # chosen by bench_cues.py
     raft_arch: Literal["raft_small", "raft_large"] = "raft_small"  # torchvision layout
     raft_iters: int = Field(12, ge=1)  # RAFT refinement iterations
@@ -88,12 +90,13 @@ class FlowConfig(_Section):
     checkpoint: str | None = None  # local .pt/.safetensors for learned backends
     device: str = "cpu"  # "cpu", "cuda", "cuda:1"
     batch_size: int = Field(4, ge=1)  # frame pairs per call
+    cost_ms: float = Field(50.0, ge=0)  # backend "simulated" only: ms slept per frame pair (no CPU used)
 
 
 class DepthConfig(_Section):
     """Depth and motion probability (DESIGN.md section 5)."""
 
-    backend: Literal["geometry", "monodepth", "oracle"] = "geometry"
+    backend: Literal["geometry", "monodepth", "oracle", "simulated"] = "geometry"  # simulated: see FlowConfig
     min_parallax: float = Field(0.5, ge=0)  # px; below it triangulation is unreliable
     ransac_threshold: float = Field(0.5, gt=0)  # px; essential-matrix inlier threshold (bench_cues.py)
     translation_prior_deg: float | None = Field(10.0, gt=0)  # deg; ego heading prior around the optical axis, None = off
@@ -116,12 +119,13 @@ class DepthConfig(_Section):
     checkpoint: str | None = None
     device: str = "cpu"
     batch_size: int = Field(4, ge=1)
+    cost_ms: float = Field(50.0, ge=0)  # backend "simulated" only: ms slept per frame (no CPU used)
 
 
 class FeatureConfig(_Section):
     """Per-pixel features for semantic clustering (DESIGN.md section 5)."""
 
-    backend: Literal["handmade", "dino"] = "handmade"
+    backend: Literal["handmade", "dino", "simulated"] = "handmade"  # simulated: see FlowConfig
     stride: int = Field(4, ge=1)  # feature map is 1/stride of the image resolution
     arch: Literal["vit_small_patch8", "vit_base_patch8"] = "vit_small_patch8"  # DINO layout
     crop_size: int = Field(224, ge=32)  # sliding-window crop, pixels (high-res pass)
@@ -136,6 +140,7 @@ class FeatureConfig(_Section):
     checkpoint: str | None = None
     device: str = "cpu"
     batch_size: int = Field(4, ge=1)
+    cost_ms: float = Field(50.0, ge=0)  # backend "simulated" only: ms slept per frame (no CPU used)
 
 
 class CameraConfig(_Section):

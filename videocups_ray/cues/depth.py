@@ -344,4 +344,8 @@ def build_depth(cfg: DepthConfig, camera: CameraConfig | None = None) -> Estimat
         from videocups_ray.cues.monodepth import MonoDepth
 
         return MonoDepth.from_config(cfg)
-    raise ValueError(f"unknown depth backend {cfg.backend!r}; known: geometry, monodepth, oracle")
+    if cfg.backend == "simulated":
+        from videocups_ray.cues.simulated import SimulatedDepth
+
+        return SimulatedDepth.from_config(cfg)
+    raise ValueError(f"unknown depth backend {cfg.backend!r}; known: geometry, monodepth, oracle, simulated")

@@ -231,4 +231,8 @@ def build_features(cfg: FeatureConfig, camera: CameraConfig | None = None) -> Es
         from videocups_ray.cues.vit import DinoFeatures
 
         return DinoFeatures.from_config(cfg)
-    raise ValueError(f"unknown feature backend {cfg.backend!r}; known: handmade, dino")
+    if cfg.backend == "simulated":
+        from videocups_ray.cues.simulated import SimulatedFeatures
+
+        return SimulatedFeatures.from_config(cfg)
+    raise ValueError(f"unknown feature backend {cfg.backend!r}; known: handmade, dino, simulated")

@@ -218,6 +218,10 @@ class OracleFlow(Estimator):
 def build_flow(cfg: FlowConfig) -> Estimator:
     """The flow estimator named by ``cfg.backend`` (not yet set up)."""
     builders = {"dis": DisFlow.from_config, "raft": RaftFlow.from_config, "oracle": OracleFlow.from_config}
+    if cfg.backend == "simulated":
+        from videocups_ray.cues.simulated import SimulatedFlow
+
+        return SimulatedFlow.from_config(cfg)
     if cfg.backend not in builders:
         raise ValueError(f"unknown flow backend {cfg.backend!r}; known: {sorted(builders)}")
     return builders[cfg.backend](cfg)
