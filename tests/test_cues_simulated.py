@@ -10,7 +10,8 @@ from videocups_ray.cues import build_depth, build_features, build_flow
 from videocups_ray.cues import simulated as sim
 from videocups_ray.data.synthdrive import generate_sequence
 from videocups_ray.data.types import DataError, Frame
-from videocups_ray.pipelines.pseudolabel import evaluate_pseudolabels, run_local, synth_source
+from videocups_ray.pipelines.evaluate import evaluate_pseudolabels
+from videocups_ray.pipelines.pseudolabel import run_local, synth_source
 
 
 @pytest.fixture(scope="module")
