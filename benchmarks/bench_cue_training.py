@@ -56,6 +56,16 @@ def train(cfg: Config, task: str, out: Path) -> dict:
     return run_train_cues(cfg, task, "synth:", out, progress=False)
 
 
+def latest_checkpoint(task: str, out: Path) -> dict:
+    """The newest Ray Train checkpoint of a (possibly still running) ``train-cues`` run."""
+    found = sorted((out / f"cues_{task}").glob("checkpoint_*"))
+    if not found:
+        raise SystemExit(f"no checkpoint under {out / f'cues_{task}'}")
+    state = torch.load(found[-1] / "cue_train_state.pt", map_location="cpu", weights_only=True)
+    return {"checkpoint": str(found[-1] / f"{task}.pt"), "steps": int(state["step"]), "seconds": float("nan"),
+            "images_per_s": None, "workers": None, "device": "cpu"}
+
+
 def bench_flow(cfg: Config, seqs: list[list], ckpt: str) -> dict[str, dict]:
     torch.manual_seed(cfg.cue_training.seed * 1000)  # rank 0's initialisation in training
     init_net = build_cue_trainer("flow", cfg).net
@@ -137,6 +147,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer evaluation frames")
     ap.add_argument("--out", default="runs/bench_cue_training")
     ap.add_argument("--config", default=str(CPU_CONFIG))
+    ap.add_argument("--latest", action="store_true",
+                    help="evaluate the newest checkpoints of runs in --out as they are (no training)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(2)
@@ -145,7 +157,7 @@ def main() -> None:
     print(f"loadavg at start {os.getloadavg()}; {os.cpu_count()} CPUs; config {args.config}")
     ckpts, secs = {}, {}
     for task in ("flow", "depth"):
-        s = train(cfg, task, out / task)
+        s = latest_checkpoint(task, out / task) if args.latest else train(cfg, task, out / task)
         ckpts[task] = s["checkpoint"]
         secs[task] = s
         print(f"train-cues {task}: {s['steps']} steps, {s['seconds']:.0f} s (last attempt), "

@@ -311,6 +311,7 @@ class CueTrainingConfig(_Section):
     shuffle_buffer: int = Field(16, ge=0)  # windows in each worker's local shuffle buffer; 0 = off
     reader_actors: int = Field(1, ge=1)  # Ray Data reader actors (each opens the input once)
     reader_cpus: float = Field(0.5, gt=0)  # logical CPUs per reader actor (2-core hang trap)
+    augment_tasks: int = Field(1, ge=1)  # concurrent augmentation tasks (each a ~1 GB torch process)
     # --- optimisation (Ray Train: DDP or DeepSpeed ZeRO, elastic worker counts)
     max_steps: int = Field(2000, ge=1)  # optimizer steps in total (over all epochs)
     batch_size: int = Field(2, ge=1)  # windows per worker per step

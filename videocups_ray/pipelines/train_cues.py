@@ -119,6 +119,7 @@ def build_window_dataset(cfg: Config, task: str, source: FrameSource, windows: l
     if ct.cache_windows:
         ds = ds.materialize()
     return ds.map_batches(augment_windows, batch_size=8, batch_format="numpy", num_cpus=ct.reader_cpus,
+                          compute=ray.data.TaskPoolStrategy(size=ct.augment_tasks),
                           fn_kwargs={"task": task, "flip_prob": ct.flip_prob, "color_jitter": ct.color_jitter,
                                      "dis_preset": cfg.cues.flow.dis_preset})
 
