@@ -150,9 +150,9 @@ def test_train_cues_flow_resumes_after_a_failed_run(ray_session, tmp_path):
     source = synth_source(cfg.synth)
     out = tmp_path / "flow"
     with pytest.raises(Exception, match="injected failure"):
-        run_train_cues(cfg, "flow", source, out, workers=(1, 2), progress=False)
+        run_train_cues(cfg, "flow", source, out, workers=1, progress=False)
     cfg = with_overrides(cfg, cue_training={"fail_after_step": None})
-    summary = run_train_cues(cfg, "flow", source, out, workers=(1, 2), progress=False)
+    summary = run_train_cues(cfg, "flow", source, out, workers=1, progress=False)
     assert summary["resumed_from"] == 2 and summary["steps"] == 4
     records = [json.loads(x) for x in (out / "flow_metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3, 4]
