@@ -56,11 +56,12 @@ def train(cfg: Config, task: str, out: Path) -> dict:
     return run_train_cues(cfg, task, "synth:", out, progress=False)
 
 
-def latest_checkpoint(task: str, out: Path) -> dict:
-    """The newest Ray Train checkpoint of a (possibly still running) ``train-cues`` run."""
+def latest_checkpoint(task: str, out: Path) -> dict | None:
+    """The newest Ray Train checkpoint of a (possibly still running) ``train-cues`` run, or None."""
     found = sorted((out / f"cues_{task}").glob("checkpoint_*"))
     if not found:
-        raise SystemExit(f"no checkpoint under {out / f'cues_{task}'}")
+        print(f"no checkpoint under {out / f'cues_{task}'}: trained {task} rows are left out")
+        return None
     state = torch.load(found[-1] / "cue_train_state.pt", map_location="cpu", weights_only=True)
     return {"checkpoint": str(found[-1] / f"{task}.pt"), "steps": int(state["step"]), "seconds": float("nan"),
             "images_per_s": None, "workers": None, "device": "cpu"}
@@ -72,7 +73,9 @@ def bench_flow(cfg: Config, seqs: list[list], ckpt: str) -> dict[str, dict]:
     fc = cfg.cues.flow
     ests = {"zero flow (baseline)": None, "DIS medium (default)": build_flow(FlowConfig()),
             "RAFT at initialisation": RaftFlow(init_net, iters=fc.raft_iters),
-            "RAFT trained": build_flow(fc.model_copy(update={"backend": "raft", "checkpoint": ckpt}))}
+            "RAFT trained": build_flow(fc.model_copy(update={"backend": "raft", "checkpoint": ckpt})) if ckpt else None}
+    if not ckpt:
+        ests.pop("RAFT trained")
     rows = {}
     for name, est in ests.items():
         acc = np.zeros(3)
@@ -92,14 +95,17 @@ def bench_flow(cfg: Config, seqs: list[list], ckpt: str) -> dict[str, dict]:
 def bench_depth(cfg: Config, seqs: list[list], ckpt: str) -> dict[str, dict]:
     dis = build_flow(FlowConfig())
     geo = build_depth(DepthConfig(camera_height=cfg.cues.depth.camera_height))
-    trained = build_depth(cfg.cues.depth.model_copy(update={"backend": "monodepth", "checkpoint": ckpt}))
-    acc = {k: np.zeros((2, 3)) for k in ("geometry + DIS (default)", "trained network", "flat-ground prior (baseline)")}
-    iou = {k: [0, 0] for k in ("geometry + DIS (default)", "trained network")}
+    trained = build_depth(cfg.cues.depth.model_copy(update={"backend": "monodepth", "checkpoint": ckpt})) if ckpt else None
+    names = ["geometry + DIS (default)", "trained network"][: 2 if ckpt else 1]
+    acc = {k: np.zeros((2, 3)) for k in (*names, "flat-ground prior (baseline)")}
+    iou = {k: [0, 0] for k in names}
     for seq in seqs:
         geo.reset()
         for a, b in zip(seq[:-1], seq[1:]):
             fr = dis([a], [b])
-            outs = {"geometry + DIS (default)": geo([a], [b], fr), "trained network": trained([a])}
+            outs = {"geometry + DIS (default)": geo([a], [b], fr)}
+            if trained is not None:
+                outs["trained network"] = trained([a])
             motion = a.extra["motion"].astype(bool)
             K, (h, w) = a.extra["K"], a.shape
             v = np.arange(h, dtype=np.float64)[:, None] - K[1, 2]
@@ -124,11 +130,12 @@ def bench_stq(cfg: Config, ckpts: dict[str, str], out: Path, quick: bool) -> dic
                                                         "seed": 7, "sequences": 1 if quick else 2,
                                                         "frames": 10 if quick else 16})
     source = synth_source(base.synth)
-    flow_set = {"backend": "raft", "checkpoint": ckpts["flow"], "raft_arch": cfg.cues.flow.raft_arch,
+    flow_set = {"backend": "raft", "checkpoint": ckpts.get("flow"), "raft_arch": cfg.cues.flow.raft_arch,
                 "raft_iters": cfg.cues.flow.raft_iters}
-    depth_set = {"backend": "monodepth", "checkpoint": ckpts["depth"], "encoder": cfg.cues.depth.encoder}
+    depth_set = {"backend": "monodepth", "checkpoint": ckpts.get("depth"), "encoder": cfg.cues.depth.encoder}
     variants = {"default cues (DIS + geometry)": {}, "trained flow": {"flow": flow_set},
                 "trained depth + motion": {"depth": depth_set}, "both trained": {"flow": flow_set, "depth": depth_set}}
+    variants = {k: v for k, v in variants.items() if all(c["checkpoint"] for c in v.values())}
     rows = {}
     for name, cues in variants.items():
         vcfg = with_overrides(base, cues=cues)
@@ -158,6 +165,8 @@ def main() -> None:
     ckpts, secs = {}, {}
     for task in ("flow", "depth"):
         s = latest_checkpoint(task, out / task) if args.latest else train(cfg, task, out / task)
+        if s is None:
+            continue
         ckpts[task] = s["checkpoint"]
         secs[task] = s
         print(f"train-cues {task}: {s['steps']} steps, {s['seconds']:.0f} s (last attempt), "
@@ -168,12 +177,12 @@ def main() -> None:
     seqs = [list(synth_source(ev.synth).frames(v)) for v in synth_source(ev.synth).videos()]
     print(f"\nSynthDrive val (seed 7): {len(seqs)} x {len(seqs[0])} frames at "
           f"{cfg.cue_training.height}x{cfg.cue_training.width}")
-    fl = bench_flow(cfg, seqs, ckpts["flow"])
+    fl = bench_flow(cfg, seqs, ckpts.get("flow"))
     zero = fl["zero flow (baseline)"]["epe"]
     print(f"\n  {'flow':28s}{'EPE px':>8s}{'Fl-all %':>10s}{'ms/pair':>9s}{'zero/EPE':>10s}")
     for k, r in fl.items():
         print(f"  {k:28s}{r['epe']:8.3f}{r['fl']:10.1f}{r['ms']:9.1f}{zero / r['epe']:10.2f}x")
-    dp = bench_depth(cfg, seqs, ckpts["depth"])
+    dp = bench_depth(cfg, seqs, ckpts.get("depth"))
     prior = dp["flat-ground prior (baseline)"]
     print(f"\n  {'depth':30s}{'AbsRel static':>14s}{'AbsRel moving':>14s}{'motion IoU':>11s}{'prior/static':>13s}")
     for k, r in dp.items():
