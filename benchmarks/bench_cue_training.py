@@ -58,7 +58,7 @@ def train(cfg: Config, task: str, out: Path) -> dict:
 
 def latest_checkpoint(task: str, out: Path) -> dict | None:
     """The newest Ray Train checkpoint of a (possibly still running) ``train-cues`` run, or None."""
-    found = sorted((out / f"cues_{task}").glob("checkpoint_*"))
+    found = sorted(p for p in (out / f"cues_{task}").glob("checkpoint_*") if p.is_dir())
     if not found:
         print(f"no checkpoint under {out / f'cues_{task}'}: trained {task} rows are left out")
         return None
