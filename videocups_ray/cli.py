@@ -146,6 +146,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_cues(args: argparse.Namespace) -> int:
+    from videocups_ray.pipelines.train_cues import run_train_cues
+
+    cfg = _config(args, [f"ray.address={args.address}"] if args.address else [])
+    summary = run_train_cues(cfg, args.cue, args.input, args.out, workers=_workers(args.workers),
+                             strategy=args.strategy, max_steps=args.steps, progress=not args.quiet)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
 def cmd_finetune(args: argparse.Namespace) -> int:
     from videocups_ray.pipelines.train import run_finetune
 
@@ -297,6 +307,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", choices=["ddp", "deepspeed"], help="default from config (ddp)")
     _add_config_args(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("train-cues", help="train the flow or depth+motion cue self-supervised on raw video (Ray Train)")
+    p.add_argument("cue", choices=["flow", "depth"], help="flow: RAFT (UFlow/SMURF losses); depth: depth+pose+motion")
+    p.add_argument("--input", required=True, help="videos, folders, a dataset, or 'synth:' (as for pseudolabel)")
+    p.add_argument("--out", required=True, help="run folder; rerunning with the same folder resumes")
+    p.add_argument("--workers", help="N or MIN,MAX (elastic) Ray Train workers")
+    p.add_argument("--strategy", choices=["ddp", "deepspeed"], help="default from config (ddp)")
+    p.add_argument("--steps", type=int, help="total optimizer steps (cue_training.max_steps)")
+    p.add_argument("--address", help="Ray address: auto, ray://host:10001 (default: start a local instance)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_train_cues)
 
     p = sub.add_parser("finetune", help="fine-tune an unsupervised checkpoint on a fraction of real labels")
     p.add_argument("--checkpoint", required=True, help="model.pt of a training run")

@@ -82,7 +82,7 @@ class FlowConfig(_Section):
     # generator for benchmarks and tests of orchestration, never for labels: cues/simulated.py)
     backend: Literal["dis", "raft", "oracle", "simulated"] = "dis"
     dis_preset: Literal["ultrafast", "fast", "medium"] = "medium"  # chosen by bench_cues.py
-    raft_arch: Literal["raft_small", "raft_large"] = "raft_small"  # torchvision layout
+    raft_arch: Literal["raft_small", "raft_large", "raft_tiny"] = "raft_small"  # torchvision layout; tiny = CPU training
     raft_iters: int = Field(12, ge=1)  # RAFT refinement iterations
     # fw-bw consistency (DESIGN.md 4.1): occluded where |fw + bw(x+fw)|^2 >= alpha1 (|fw|^2 + |bw|^2) + alpha2
     occlusion_alpha1: float = Field(0.01, ge=0)  # relative tolerance (paper: 0.01)
@@ -359,6 +359,69 @@ class InferConfig(_Section):
     gpus_per_actor: float = Field(0.0, ge=0)  # GPUs per inference actor (fractional allowed)
 
 
+# --------------------------------------------------------------------------- cue training
+class CueTrainingConfig(_Section):
+    """Self-supervised training of the learned cues (``videocups train-cues flow|depth``).
+
+    The network shapes come from ``cues.flow`` (``raft_arch``) and ``cues.depth`` (``encoder``,
+    ``min_depth``, ``max_depth``) and ``camera`` (``camera_height``), so the checkpoint loads into those backends.
+    """
+
+    # --- data (Ray Data: windows of consecutive frames read through the pseudo-labeling readers)
+    height: int = Field(128, ge=32)  # training resolution, rows (frames are resized; K is scaled)
+    width: int = Field(256, ge=32)  # training resolution, columns
+    window_stride: int = Field(1, ge=1)  # frames between the starts of consecutive windows
+    cache_windows: bool = True  # materialize the decoded, resized windows once (later epochs skip reading)
+    flip_prob: float = Field(0.5, ge=0, le=1)  # augmentation: horizontal flip of a whole window
+    color_jitter: float = Field(0.1, ge=0, lt=1)  # augmentation: max relative brightness/contrast change
+    shuffle_buffer: int = Field(16, ge=0)  # windows in each worker's local shuffle buffer; 0 = off
+    reader_actors: int = Field(1, ge=1)  # Ray Data reader actors (each opens the input once)
+    reader_cpus: float = Field(0.5, gt=0)  # logical CPUs per reader actor (2-core hang trap)
+    augment_tasks: int = Field(1, ge=1)  # concurrent augmentation tasks (each a ~1 GB torch process)
+    # --- optimisation (Ray Train: DDP or DeepSpeed ZeRO, elastic worker counts)
+    max_steps: int = Field(2000, ge=1)  # optimizer steps in total (over all epochs)
+    batch_size: int = Field(2, ge=1)  # windows per worker per step
+    lr: float = Field(1e-4, gt=0)  # AdamW learning rate (UFlow, Monodepth2: 1e-4)
+    weight_decay: float = Field(1e-4, ge=0)  # AdamW weight decay
+    grad_clip: float = Field(1.0, gt=0)  # max gradient norm
+    workers: tuple[int, int] = (1, 1)  # (min, max) Ray Train workers; min < max is elastic
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when the Ray cluster has GPUs (logged)
+    strategy: Literal["ddp", "deepspeed"] = "ddp"  # DeepSpeed ZeRO (train.zero_stage) for big nets
+    cpus_per_worker: float = Field(0.5, gt=0)  # logical CPUs per Ray Train worker
+    torch_threads: int | None = Field(None, ge=1)  # intra-op threads per worker; None = torch's default
+    bf16: bool = True  # bf16 autocast on GPUs that support it (never on CPU)
+    checkpoint_every: int = Field(100, ge=1)  # steps between Ray Train checkpoints
+    keep_checkpoints: int = Field(2, ge=1)  # checkpoints kept in the run folder
+    max_failures: int = Field(2, ge=0)  # worker-group restarts from the last checkpoint
+    log_every: int = Field(10, ge=1)  # steps between metrics.jsonl records / progress updates
+    seed: int = 0  # torch / numpy seed (per rank: seed * 1000 + rank)
+    fail_after_step: int | None = Field(None, ge=1)  # test hook: raise once right after this step's checkpoint
+    # --- flow losses (UFlow / SMURF)
+    flow_iters: int = Field(6, ge=1)  # RAFT refinement iterations in training
+    flow_gamma: float = Field(0.8, gt=0, le=1)  # weight of iteration i is gamma^(iters-1-i) (RAFT sequence loss)
+    photometric: Literal["census", "ssim"] = "census"  # census (UFlow) or SSIM + L1 (Monodepth2)
+    census_radius: int = Field(3, ge=1)  # census window half-size, px (7x7 window)
+    smooth_weight: float = Field(2.0, ge=0)  # edge-aware flow smoothness weight (UFlow: 2 for census)
+    smooth_order: Literal[1, 2] = 2  # first- or second-order flow smoothness (UFlow: 2)
+    edge_weight: float = Field(150.0, ge=0)  # edge-awareness: exp(-edge_weight * |grad I|), I in [0, 1]
+    occlusion_after: int = Field(100, ge=0)  # steps before fw-bw occlusion masking starts (UFlow warm-up)
+    occlusion_penalty: float = Field(2.0, ge=0)  # photometric cost of a fw-bw occluded pixel (UnFlow's lambda_p)
+    selfsup_weight: float = Field(0.0, ge=0)  # SMURF self-supervision from a full-image teacher; 0 = off
+    selfsup_after: int = Field(500, ge=0)  # steps before self-supervision starts
+    selfsup_crop: float = Field(0.1, ge=0, lt=0.5)  # crop this fraction from each side for the student
+    # --- depth losses (Monodepth2 + DynamoDepth-style motion mask)
+    ssim_weight: float = Field(0.85, ge=0, le=1)  # photometric error = a (1 - SSIM) / 2 + (1 - a) L1
+    disp_smooth_weight: float = Field(1e-3, ge=0)  # edge-aware smoothness of mean-normalised disparity
+    automask: bool = True  # Monodepth2 auto-masking (identity reprojection joins the minimum)
+    motion_margin: float = Field(0.02, ge=0)  # a pixel is moving where rigid error - flow error > margin
+    motion_weight: float = Field(1.0, ge=0)  # weight of the motion-mask term; 0 = motion decoder untrained
+    motion_smooth_weight: float = Field(1e-3, ge=0)  # edge-aware smoothness of the motion probability
+    motion_after: int = Field(200, ge=0)  # steps of depth-only warm-up before the motion mask gates depth
+    height_weight: float = Field(0.1, ge=0)  # metric scale: |log(road height) - log(camera.camera_height)|
+    road_region: tuple[float, float, float, float] = (0.8, 1.0, 0.35, 0.65)  # rows/cols fractions assumed road
+    pose_width: int = Field(16, ge=4)  # channels of the first pose-net conv (doubles per stride-2 layer)
+
+
 # --------------------------------------------------------------------------- top level
 class Config(_Section):
     synth: SynthConfig = SynthConfig()
@@ -373,6 +436,7 @@ class Config(_Section):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     infer: InferConfig = InferConfig()
+    cue_training: CueTrainingConfig = CueTrainingConfig()
 
     def hash(self) -> str:
         """Stable short hash of the full configuration (stored in shard manifests)."""

@@ -113,11 +113,30 @@ class DisFlow(Estimator):
         return FlowResult(fw, bw, occ_fw, occ_bw)
 
 
+def raft_tiny(*, weights: None = None, progress: bool = False) -> torch.nn.Module:
+    """RAFT of torchvision's blocks at about a quarter of ``raft_small``'s width (0.25 M weights),
+    for self-supervised training on CPU (``videocups train-cues flow``); same 1/8 correlation
+    pyramid (4 levels, radius 3), so frames need a min side of 128 px as for the others."""
+    from torchvision.models.optical_flow.raft import BottleneckBlock, _raft
+
+    if weights is not None:
+        raise ValueError("raft_tiny has no published weights; train one with `videocups train-cues flow`")
+    return _raft(weights=None, progress=progress,
+                 feature_encoder_layers=(16, 16, 32, 48, 64), feature_encoder_block=BottleneckBlock,
+                 feature_encoder_norm_layer=torch.nn.InstanceNorm2d,
+                 context_encoder_layers=(16, 16, 32, 48, 96), context_encoder_block=BottleneckBlock,
+                 context_encoder_norm_layer=None, corr_block_num_levels=4, corr_block_radius=3,
+                 motion_encoder_corr_layers=(48,), motion_encoder_flow_layers=(32, 16),
+                 motion_encoder_out_channels=46, recurrent_block_hidden_state_size=48,
+                 recurrent_block_kernel_size=(3,), recurrent_block_padding=(1,), flow_head_hidden_size=64,
+                 use_mask_predictor=False)
+
+
 def build_raft_net(arch: str) -> torch.nn.Module:
     """An untrained torchvision RAFT of the named architecture (weights come from a checkpoint)."""
     from torchvision.models.optical_flow import raft_large, raft_small
 
-    builders = {"raft_small": raft_small, "raft_large": raft_large}
+    builders = {"raft_small": raft_small, "raft_large": raft_large, "raft_tiny": raft_tiny}
     if arch not in builders:
         raise ValueError(f"unknown RAFT architecture {arch!r}; known: {sorted(builders)}")
     return builders[arch](weights=None, progress=False)

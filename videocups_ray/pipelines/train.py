@@ -84,10 +84,13 @@ class _ProgressTail:
             return
         self._offset += len(complete) + 1
         for line in complete.splitlines():
-            r = json.loads(line)
-            losses = " ".join(f"{k[5:]}={v:.3f}" for k, v in r.items() if k.startswith("loss_"))
-            log.info("step %d epoch %d loss %.4f [%s] %.3f steps/s %.2f images/s", r["step"], r["epoch"],
-                     r.get("loss", float("nan")), losses, r.get("steps_per_s", 0), r.get("images_per_s", 0))
+            self._emit(json.loads(line))
+
+    def _emit(self, r: dict) -> None:
+        """Show one metrics record (a log line here; subclasses may draw a progress bar)."""
+        losses = " ".join(f"{k[5:]}={v:.3f}" for k, v in r.items() if k.startswith("loss_"))
+        log.info("step %d epoch %d loss %.4f [%s] %.3f steps/s %.2f images/s", r["step"], r["epoch"],
+                 r.get("loss", float("nan")), losses, r.get("steps_per_s", 0), r.get("images_per_s", 0))
 
 
 def run_train(cfg: Config, shards: str | os.PathLike, out: str | os.PathLike, *,

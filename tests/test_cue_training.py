@@ -1,0 +1,172 @@
+"""Self-supervised cue training (``videocups train-cues``): losses, windows, checkpoints that load
+into the flow / depth backends, and (slow) Ray Train runs that resume after a failure."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from videocups_ray.cli import build_parser
+from videocups_ray.config import Config, DepthConfig, FlowConfig, with_overrides
+from videocups_ray.cues.flow import RaftFlow
+from videocups_ray.cues.monodepth import MonoDepth
+from videocups_ray.cues.training.build import backend_overrides, build_cue_trainer, save_backend_checkpoint
+from videocups_ray.cues.training.losses import census_loss, fb_valid, warp
+from videocups_ray.cues.training.windows import augment_window, dis_flows, plan_windows, read_window
+from videocups_ray.data.types import DataError
+from videocups_ray.pipelines.pseudolabel import MemorySource, synth_source
+from videocups_ray.pipelines.train_cues import choose_device
+
+
+def tiny_cfg(h: int = 64, w: int = 128, **ct) -> Config:
+    base = dict(height=h, width=w, occlusion_after=0, motion_after=0, checkpoint_every=2, log_every=1,
+                batch_size=1, max_steps=4, torch_threads=1, shuffle_buffer=0, cpus_per_worker=0.5)
+    base.update(ct)
+    return with_overrides(Config(), synth=dict(sequences=1, frames=4, height=h, width=w, seed=3),
+                          cues={"flow": {"raft_arch": "raft_tiny", "raft_iters": 2}}, cue_training=base)
+
+
+@pytest.fixture(scope="module")
+def synth_frames():
+    return synth_source(tiny_cfg().synth)
+
+
+# --------------------------------------------------------------------------- losses
+def test_warp_follows_the_project_convention_and_census_ignores_brightness():
+    rng = np.random.default_rng(0)
+    img = torch.from_numpy(rng.random((1, 3, 24, 32)).astype(np.float32))
+    shifted = torch.roll(img, shifts=2, dims=3)  # content moves 2 px right: frame t1(x + 2) = t(x)
+    flow = torch.zeros(1, 2, 24, 32)
+    flow[:, 0] = 2.0
+    rec = warp(shifted, flow)  # out(x) = t1(x + flow(x)) reconstructs t
+    assert torch.allclose(rec[..., 2:-3], img[..., 2:-3], atol=1e-5)
+    same = census_loss(img, img * 0.7 + 0.1)  # census is invariant to gain and offset
+    other = census_loss(img, torch.roll(img, 5, dims=2))
+    assert float(same.mean()) < 0.5 * float(other.mean())
+
+
+def test_fb_valid_marks_inconsistent_flow_occluded():
+    fw = torch.zeros(1, 2, 16, 16)
+    fw[:, 0] = 3.0
+    assert bool((fb_valid(fw, -fw) == 1).all())
+    assert bool((fb_valid(fw, fw) == 0).all())  # |3 + 3|^2 = 36 > 0.01 * 18 + 0.5
+
+
+# --------------------------------------------------------------------------- windows
+def test_windows_are_planned_read_resized_and_flipped_with_K(synth_frames):
+    assert plan_windows(synth_frames, 3) == [("0000", 0), ("0000", 1)]
+    assert len(plan_windows(synth_frames, 2, stride=2)) == 2
+    w = read_window(synth_frames, "0000", 1, 3, 32, 64)
+    K0 = synth_frames.frames("0000", 1, 2).__next__().extra["K"]
+    assert w["images"].shape == (3, 32, 64, 3) and w["images"].dtype == np.uint8
+    assert np.isclose(w["K"][0, 0], K0[0, 0] / 2) and np.isclose(w["K"][1, 2], K0[1, 2] / 2)
+    img, K = augment_window(w["images"], w["K"], np.random.default_rng(0), flip_prob=1.0, color_jitter=0.0)
+    assert np.array_equal(img, w["images"][:, :, ::-1]) and np.isclose(K[0, 2], 63 - w["K"][0, 2])
+    with pytest.raises(DataError, match="0000.*outside"):
+        read_window(synth_frames, "0000", 3, 3, 32, 64)
+
+
+# --------------------------------------------------------------------------- loss decreases
+def _steps(module, inputs: dict, n: int, lr: float) -> list[float]:
+    torch.manual_seed(0)
+    opt = torch.optim.Adam(module.parameters(), lr=lr)
+    out = []
+    for i in range(n):
+        losses = module(**inputs, step=i)
+        total = sum(losses.values())
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+        out.append(float(total.detach()))
+    return out
+
+
+def test_flow_loss_decreases_on_synthdrive(synth_frames):
+    torch.manual_seed(0)
+    cfg = tiny_cfg(occlusion_after=100)  # no masking yet: the photometric term alone must fall
+    w = read_window(synth_frames, "0000", 0, 2, 128, 128)  # RAFT needs >= 128 px sides
+    module = build_cue_trainer("flow", cfg).train()
+    losses = _steps(module, {"images": torch.from_numpy(w["images"])[None]}, 6, 1e-4)
+    assert min(losses[-2:]) < 0.97 * losses[0], losses
+
+
+def test_depth_loss_decreases_on_synthdrive(synth_frames):
+    torch.manual_seed(0)
+    cfg = tiny_cfg(motion_after=0)
+    w = read_window(synth_frames, "0000", 0, 3, 64, 128)
+    inputs = {"images": torch.from_numpy(w["images"])[None], "K": torch.from_numpy(w["K"])[None],
+              "flow": torch.from_numpy(dis_flows(w["images"]))[None]}
+    module = build_cue_trainer("depth", cfg).train()
+    assert {"photo", "smooth", "motion", "motion_smooth", "height"} <= set(module(**inputs, step=0))
+    losses = _steps(module, inputs, 6, 1e-3)
+    assert min(losses[-2:]) < 0.97 * losses[0], losses
+
+
+# --------------------------------------------------------------------------- checkpoints
+def test_trained_checkpoints_load_into_the_backends(tmp_path, synth_frames):
+    cfg = tiny_cfg()
+    frames = list(synth_frames.frames("0000", 0, 2))
+    flow_tr = build_cue_trainer("flow", cfg)
+    path = save_backend_checkpoint(flow_tr, tmp_path / "flow.pt")
+    overrides = dict(o.split("=", 1) for o in backend_overrides("flow", cfg, path))
+    assert overrides["cues.flow.raft_arch"] == "raft_tiny" and overrides["cues.flow.backend"] == "raft"
+    est = RaftFlow.from_config(FlowConfig(backend="raft", raft_arch="raft_tiny", raft_iters=2, checkpoint=str(path)))
+    for k, v in flow_tr.net.state_dict().items():
+        assert torch.equal(est.net.state_dict()[k], v), k
+    big = [np.repeat(np.repeat(f.image, 2, 0), 2, 1) for f in frames]  # RAFT needs >= 128 px sides
+    fr = est(np.stack(big[:1]), np.stack(big[1:]))
+    assert fr.fw.shape == (1, 128, 256, 2) and np.isfinite(fr.fw).all()
+
+    depth_tr = build_cue_trainer("depth", cfg)
+    path = save_backend_checkpoint(depth_tr, tmp_path / "depth.pt")
+    est = MonoDepth.from_config(DepthConfig(backend="monodepth", checkpoint=str(path)))
+    for k, v in depth_tr.net.state_dict().items():
+        assert torch.equal(est.net.state_dict()[k], v), k
+    dr = est(np.stack([frames[0].image]))
+    assert dr.depth.shape == (1, 64, 128) and (dr.depth >= 0.5).all() and (dr.depth <= 80).all()
+
+
+def test_device_choice_is_explicit():
+    with pytest.raises(DataError, match="no GPU"):
+        choose_device("cuda", 0)
+    assert choose_device("auto", 0) is False and choose_device("auto", 2) is True and choose_device("cpu", 8) is False
+
+
+def test_cli_parses_train_cues():
+    args = build_parser().parse_args(["train-cues", "depth", "--input", "synth:", "--out", "x", "--workers", "1,2",
+                                      "--steps", "5", "--set", "cue_training.lr=0.001"])
+    assert (args.cue, args.steps, args.workers, args.overrides) == ("depth", 5, "1,2", ["cue_training.lr=0.001"])
+
+
+# --------------------------------------------------------------------------- Ray Train (slow)
+@pytest.mark.slow
+def test_train_cues_flow_resumes_after_a_failed_run(ray_session, tmp_path):
+    from videocups_ray.pipelines.train_cues import run_train_cues
+
+    cfg = tiny_cfg(128, 128, fail_after_step=2, max_failures=0)
+    source = synth_source(cfg.synth)
+    out = tmp_path / "flow"
+    with pytest.raises(Exception, match="injected failure"):
+        run_train_cues(cfg, "flow", source, out, workers=1, progress=False)
+    cfg = with_overrides(cfg, cue_training={"fail_after_step": None})
+    summary = run_train_cues(cfg, "flow", source, out, workers=1, progress=False)
+    assert summary["resumed_from"] == 2 and summary["steps"] == 4
+    records = [json.loads(x) for x in (out / "flow_metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert (out / "flow_loss.png").stat().st_size > 1000
+    RaftFlow.from_config(FlowConfig(backend="raft", raft_arch="raft_tiny", checkpoint=summary["checkpoint"]))
+
+
+@pytest.mark.slow
+def test_train_cues_depth_writes_a_monodepth_checkpoint(ray_session, tmp_path):
+    from videocups_ray.pipelines.train_cues import run_train_cues
+
+    cfg = tiny_cfg(max_steps=2)
+    summary = run_train_cues(cfg, "depth", MemorySource(list(synth_source(cfg.synth))), tmp_path / "d",
+                             progress=False)
+    assert summary["steps"] == 2 and summary["device"] == "cpu"
+    est = MonoDepth.from_config(DepthConfig(backend="monodepth", checkpoint=summary["checkpoint"]))
+    assert est.net is not None
