@@ -12,7 +12,11 @@ Backends (``FeatureConfig.backend``):
   * geometry (zero without depth): log depth, height ``Y`` below the optical centre in metres
     (constant over a level ground, so road is one cluster rather than depth bands), both also
     at region scale, the surface slope (vertical vs horizontal, from how Y and depth change
-    down the image) at two scales, and invalid depth (sky).
+    down the image) at two scales, and invalid depth (sky);
+  * geometric class evidence (issue 13, each its own balanced group, zero unless its
+    ``weight_*`` is set; :func:`_evidence`): height above a ground plane fitted to the depth,
+    depth-derived surface normals (horizontal road vs vertical facades), sky (no valid depth
+    or far clip, towards the top), and the column's distance from the image centre.
 
   Per-frame z-scoring (a diagonal whitening) makes exposure and scene-wide colour casts cancel;
   a pixel's vector is then smoothed over ``smooth_sigma`` (semantics is regional, the per-pixel
@@ -44,10 +48,16 @@ _NO_DEPTH_M = 80.0  # metres assumed where depth is invalid (sky, unmatched pixe
 _EPS_STD = 1e-3  # a channel whose per-frame std is below this is constant: it becomes 0
 
 
-def descriptor_channels(context_sigmas: Sequence[float]) -> int:
-    """Number of channels of :func:`handmade_descriptor` for the given context radii."""
+def uses_evidence(cfg: FeatureConfig) -> bool:
+    """Whether the descriptor carries the geometric-evidence channels (any of their weights > 0)."""
+    return any(getattr(cfg, f"weight_{p}") > 0 for p in _EVIDENCE_CHANNELS)
+
+
+def descriptor_channels(context_sigmas: Sequence[float], evidence: bool = False) -> int:
+    """Number of channels of :func:`handmade_descriptor` for the given context radii, with or
+    without the geometric-evidence channels (:func:`uses_evidence`)."""
     return (3 + _TEXTURE_CHANNELS + (3 + _TEXTURE_CHANNELS) * len(context_sigmas) + 1 + 1 + _GEOMETRY_CHANNELS
-            + sum(_EVIDENCE_CHANNELS.values()))
+            + (sum(_EVIDENCE_CHANNELS.values()) if evidence else 0))
 
 
 def _check_depth(depth: np.ndarray | None, n: int, h: int, w: int) -> np.ndarray | None:
@@ -179,7 +189,7 @@ def handmade_descriptor(image: np.ndarray, depth: np.ndarray | None, out_hw: tup
 
     ``depth`` is metres (0 = invalid) or None, at any resolution; ``K`` is for the depth's resolution
     (it is pooled to ``out_hw`` by area).
-    ``C = descriptor_channels(cfg.context_sigmas)`` whether or not depth is given.
+    ``C = descriptor_channels(cfg.context_sigmas, uses_evidence(cfg))`` whether or not depth is given.
     """
     h, w = out_hw
     sig = tuple(cfg.context_sigmas)
@@ -197,14 +207,13 @@ def handmade_descriptor(image: np.ndarray, depth: np.ndarray | None, out_hw: tup
     if depth is not None:
         region = max(sig) if sig else 4.0
         groups.append((_geometry(depth, out_hw, K, region), cfg.weight_geometry))
-        if any(getattr(cfg, f"weight_{p}") > 0 for p in _EVIDENCE_CHANNELS):
+        if uses_evidence(cfg):  # all off: no channels at all (k-means and labeling cost scale with C)
             ev = _evidence(depth, out_hw, K, region, cfg.max_depth)
-        else:  # all off: skip the cost, the channels are zero either way
-            ev = {p: np.zeros((h, w, c), np.float32) for p, c in _EVIDENCE_CHANNELS.items()}
-        groups += [(ev[p], getattr(cfg, f"weight_{p}")) for p in _EVIDENCE_CHANNELS]
+            groups += [(ev[p], getattr(cfg, f"weight_{p}")) for p in _EVIDENCE_CHANNELS]
     parts = [_balanced(x.astype(np.float32), wt) for x, wt in groups if x.shape[-1]]
     if depth is None:
-        parts.append(np.zeros((h, w, _GEOMETRY_CHANNELS + sum(_EVIDENCE_CHANNELS.values())), np.float32))
+        extra = sum(_EVIDENCE_CHANNELS.values()) if uses_evidence(cfg) else 0
+        parts.append(np.zeros((h, w, _GEOMETRY_CHANNELS + extra), np.float32))
     feat = _blur(np.concatenate(parts, axis=-1).astype(np.float32), cfg.smooth_sigma)
     feat = feat.reshape(h, w, -1)
     feat /= np.maximum(np.linalg.norm(feat, axis=-1, keepdims=True), 1e-6)
@@ -217,7 +226,7 @@ def _l2n(x: np.ndarray, axis: int = 1) -> np.ndarray:
 
 class HandmadeFeatures(Estimator):
     """Weight-free per-pixel descriptor (see module doc); ``channels`` depends on ``context_sigmas``
-    (56 channels, 12 of them geometric evidence that is zero unless weighted, for the default two radii).
+    (45 channels for the default two radii, 56 with the geometric evidence on).
 
     An all-black frame gives finite features (image row only), never NaN.
     """
@@ -230,7 +239,7 @@ class HandmadeFeatures(Estimator):
         if bad:
             raise ValueError(f"FeatureConfig.context_sigmas must be positive feature-map pixels, got {bad}")
         self.cfg = cfg
-        self.channels = descriptor_channels(cfg.context_sigmas)
+        self.channels = descriptor_channels(cfg.context_sigmas, uses_evidence(cfg))
         self.requires_gpu = False
         self.memory_bytes = 256 * 1024**2
 
