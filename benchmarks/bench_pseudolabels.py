@@ -25,8 +25,11 @@ default are then reported on the test split and KITTI (the choice never looks at
 ``--labeling-ablations``: the paper's labeling ablations (issue 6) with oracle and default cues
 on the tuning split.
 
-Sizes: ``--quick`` 3 x 24 frames at 256x512 per split (a few minutes on 2 loaded cores); the full
-run 6 x 30. Everything is printed with the load average.
+Sizes: ``--quick`` 3 x 24 frames at 256x512 per split; the full run 6 x 30. Everything is
+printed with the load average (the quick split table took ~45 min at load average 45-55 on the
+2-core development machine, most of it the two KITTI runs at 375x1242). On a loaded machine the
+ablation can be split over processes: ``--variants`` (tuning only) and ``--report`` (test and
+KITTI only), sharing cues through ``--cue-cache``; the choice is still the tuning-STQ maximum.
 
     .venv/bin/python benchmarks/bench_pseudolabels.py [--quick] [--ablation] [--skip-kitti]
         [--labeling-ablations] [--json runs/bench_pseudolabels/results.json]
