@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -25,7 +26,7 @@ def test_handmade_shapes_norm_and_separation(frame):
     est = build_features(FeatureConfig(stride=4))
     depth = np.where(frame.depth > 0, frame.depth, 0)[None]
     fe = est([frame], depth=depth, K=frame.extra["K"])
-    assert est.channels == descriptor_channels((2.0, 6.0)) == 44
+    assert est.channels == descriptor_channels((2.0, 6.0)) == 45
     assert fe.high.shape == (1, est.channels, 32, 64) and fe["low"].shape == fe.high.shape
     for x in (fe.high, fe.low):
         assert np.isfinite(x).all()
@@ -68,7 +69,7 @@ def test_handmade_flip_equivariance_and_config(frame):
     b = est(frame.image[None, :, ::-1].copy(), depth=depth[:, :, ::-1].copy(), K=K_flip).low[0]
     np.testing.assert_allclose(a, b[:, :, ::-1], atol=1e-3)
     one = build_features(FeatureConfig(context_sigmas=(3.0,)))
-    assert one.channels == 32 and one(frame.image[None]).high.shape[1] == 32
+    assert one.channels == 33 and one(frame.image[None]).high.shape[1] == 33
     with pytest.raises(ValueError, match=r"context_sigmas.*\[0.0\]"):
         build_features(FeatureConfig(context_sigmas=(2.0, 0.0)))
 
@@ -122,3 +123,30 @@ def test_dino_mismatched_checkpoints(tmp_path):
     torch.save({"state_dict": state}, tmp_path / "wrong.pt")
     with pytest.raises(CheckpointError, match=r"wrong.pt.*missing keys: norm.bias.*shape mismatches: blocks.0"):
         build_features(FeatureConfig(backend="dino", checkpoint=str(tmp_path / "wrong.pt")))
+
+
+def test_geometric_evidence_separates_ground_facade_sky(frame):
+    """Issue 13: height / normal / sky evidence from (ground-truth) depth tells road from
+    building from sky, stays mirror-equivariant, and its channels exist only when weighted."""
+    from videocups_ray.cues.features import _evidence
+
+    K = frame.extra["K"]
+    depth = np.where(frame.depth > 0, frame.depth, 0).astype(np.float32)
+    h, w = frame.shape[0] // 4, frame.shape[1] // 4
+    ev = _evidence(depth, (h, w), K, 6.0, 80.0)
+    sem = cv2.resize(frame.semantic.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
+    road, building, sky = sem == 0, sem == 2, sem == 10
+    assert road.any() and building.any() and sky.any()
+    assert ev["height"][..., 2][road].mean() > 0.7 > 0.2 > ev["height"][..., 2][building].mean()  # on the ground
+    assert ev["normal"][..., 0][road].mean() > 0.7 > 0.4 > ev["normal"][..., 0][building].mean()  # horizontal
+    assert ev["sky"][..., 0][sky].mean() > 0.8 > 0.1 > ev["sky"][..., 0][road].mean()
+    cfg = FeatureConfig(weight_height=1, weight_normal=1, weight_sky=1, weight_column=1)
+    est = build_features(cfg)
+    a = est([frame], depth=depth[None], K=K).low[0]
+    K_flip = K.copy()
+    K_flip[0, 2] = frame.image.shape[1] - 1 - K[0, 2]
+    b = est(frame.image[None, :, ::-1].copy(), depth=depth[None, :, ::-1].copy(), K=K_flip).low[0]
+    assert np.abs(a - b[:, :, ::-1]).mean() < 0.01
+    assert est.channels == 56 and build_features(FeatureConfig()).channels == 45
+    assert np.abs(est([frame], depth=depth[None], K=K).high[0][-11:]).max() > 0
+    assert est(frame.image[None]).high.shape[1] == 56  # no depth: the same channels, zero

@@ -244,6 +244,15 @@ def _add_cluster_parser(sub) -> None:
     p.set_defaults(func=cmd_cluster_down)
 
 
+def cmd_convert_checkpoint(args: argparse.Namespace) -> int:
+    from videocups_ray.cues.convert import convert_checkpoint
+
+    summary = convert_checkpoint(args.kind, args.inputs, args.out, motion_decoder=args.motion_decoder,
+                                 no_motion=args.no_motion)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="videocups", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -341,6 +350,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     _add_config_args(p)
     p.set_defaults(func=cmd_infer)
+
+    p = sub.add_parser("convert-checkpoint", help="convert an official checkpoint (RAFT, DINO, Monodepth2) "
+                       "into the file a learned backend loads (see videocups_ray/cues/convert.py)")
+    p.add_argument("kind", choices=["raft", "dino-vit", "dino-resnet50", "monodepth2"])
+    p.add_argument("inputs", nargs="+", help="official file(s); monodepth2: encoder.pth depth.pth")
+    p.add_argument("--out", required=True, help="converted state dict (.pt)")
+    p.add_argument("--motion-decoder", help="monodepth2: motion decoder file in the depth decoder's layout")
+    p.add_argument("--no-motion", action="store_true", help="monodepth2: constant p=0 motion head")
+    p.set_defaults(func=cmd_convert_checkpoint)
 
     p = sub.add_parser("eval", help="score predictions against ground truth (STQ, VPQ)")
     p.add_argument("--gt", required=True, help="ground-truth folder")

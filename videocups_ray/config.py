@@ -137,6 +137,13 @@ class FeatureConfig(_Section):
     weight_texture: float = Field(1.0, ge=0)  # relative weight of the texture-energy groups (pixel + context)
     weight_position: float = Field(1.0, ge=0)  # relative weight of the image-row channel
     weight_geometry: float = Field(1.0, ge=0)  # relative weight of depth-derived channels (0 with no depth)
+    # geometric class evidence (issue 13; bench_pseudolabels.py --ablation, chosen on the tuning
+    # split), each a balanced group like the above; 0 = off (the channels are zero)
+    weight_height: float = Field(0.0, ge=0)  # height above a fitted ground plane, and "on the ground"
+    weight_normal: float = Field(0.0, ge=0)  # depth-derived normals: horizontal (road) vs vertical (facade)
+    weight_sky: float = Field(0.0, ge=0)  # no valid depth / far clip (no parallax), towards the frame top
+    weight_column: float = Field(0.0, ge=0)  # distance from the image's vertical centre line
+    max_depth: float = Field(80.0, gt=0)  # metres; depth at/over 0.95x this counts as sky (= cues.depth.max_depth)
     checkpoint: str | None = None
     device: str = "cpu"
     batch_size: int = Field(4, ge=1)

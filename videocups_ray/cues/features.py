@@ -12,7 +12,11 @@ Backends (``FeatureConfig.backend``):
   * geometry (zero without depth): log depth, height ``Y`` below the optical centre in metres
     (constant over a level ground, so road is one cluster rather than depth bands), both also
     at region scale, the surface slope (vertical vs horizontal, from how Y and depth change
-    down the image) at two scales, and invalid depth (sky).
+    down the image) at two scales, and invalid depth (sky);
+  * geometric class evidence (issue 13, each its own balanced group, zero unless its
+    ``weight_*`` is set; :func:`_evidence`): height above a ground plane fitted to the depth,
+    depth-derived surface normals (horizontal road vs vertical facades), sky (no valid depth
+    or far clip, towards the top), and the column's distance from the image centre.
 
   Per-frame z-scoring (a diagonal whitening) makes exposure and scene-wide colour casts cancel;
   a pixel's vector is then smoothed over ``smooth_sigma`` (semantics is regional, the per-pixel
@@ -31,6 +35,7 @@ from typing import TYPE_CHECKING, Sequence
 import cv2
 import numpy as np
 
+from videocups_ray.cues import geometry as geo
 from videocups_ray.cues.base import Estimator, FeatureResult, FrameBatch, as_images, intrinsics_of
 from videocups_ray.data.types import DataError
 
@@ -46,13 +51,22 @@ def _default_camera() -> "CameraConfig":
 
 _TEXTURE_CHANNELS = 9  # (dx^2, dy^2, laplacian^2) x 3 scales
 _GEOMETRY_CHANNELS = 7
+_EVIDENCE_CHANNELS = {"height": 4, "normal": 4, "sky": 3}  # depth-derived class evidence (issue 13)
+_NEAR_GROUND_M = 0.3  # metres; height scale of the "on the ground" channel (kerbs are ~0.15 m)
 _NO_DEPTH_M = 80.0  # metres assumed where depth is invalid (sky, unmatched pixels)
 _EPS_STD = 1e-3  # a channel whose per-frame std is below this is constant: it becomes 0
 
 
-def descriptor_channels(context_sigmas: Sequence[float]) -> int:
-    """Number of channels of :func:`handmade_descriptor` for the given context radii."""
-    return 3 + _TEXTURE_CHANNELS + (3 + _TEXTURE_CHANNELS) * len(context_sigmas) + 1 + _GEOMETRY_CHANNELS
+def uses_evidence(cfg: FeatureConfig) -> bool:
+    """Whether the descriptor carries the geometric-evidence channels (any of their weights > 0)."""
+    return any(getattr(cfg, f"weight_{p}") > 0 for p in _EVIDENCE_CHANNELS)
+
+
+def descriptor_channels(context_sigmas: Sequence[float], evidence: bool = False) -> int:
+    """Number of channels of :func:`handmade_descriptor` for the given context radii, with or
+    without the geometric-evidence channels (:func:`uses_evidence`)."""
+    return (3 + _TEXTURE_CHANNELS + (3 + _TEXTURE_CHANNELS) * len(context_sigmas) + 1 + 1 + _GEOMETRY_CHANNELS
+            + (sum(_EVIDENCE_CHANNELS.values()) if evidence else 0))
 
 
 def _check_depth(depth: np.ndarray | None, n: int, h: int, w: int) -> np.ndarray | None:
@@ -123,6 +137,52 @@ def _geometry(depth: np.ndarray, out_hw: tuple[int, int], K: np.ndarray, region_
     return np.stack(channels, axis=-1)
 
 
+def _evidence(depth: np.ndarray, out_hw: tuple[int, int], K: np.ndarray, region_sigma: float,
+              max_depth: float) -> dict[str, np.ndarray]:
+    """Class evidence from the scene's geometry (issue 13), each part ``h x w x c``:
+
+    - ``height``: metres above a ground plane fitted (RANSAC, near-level normal) to the lower
+      half's back-projected points, as ``tanh(h / 2)`` and "on the ground" ``exp(-(h / 0.3)^2)``
+      (road and sidewalk vs cars, poles, facades), each also at region scale. Without a plane
+      the camera's own level plane through the 90th percentile of Y is used.
+    - ``normal``: depth-derived surface normals: how horizontal (``|n . ground|``: road 1,
+      facades 0) and how sideways-facing (``|n_x|``: facades along the road), pixel and region.
+    - ``sky``: no valid depth or depth at the far clip (no parallax), that mask at region scale,
+      and the mask weighted towards the top of the frame.
+    ``K`` is for the depth's resolution; depth is pooled to ``out_hw`` by area.
+    """
+    h, w = out_hw
+    H, W = depth.shape
+    d = cv2.resize(depth, (w, h), interpolation=cv2.INTER_AREA)
+    far = ~(d > 0) | (d >= 0.95 * max_depth)
+    Ks = K.astype(np.float64).copy()
+    Ks[0, :] *= w / W
+    Ks[1, :] *= h / H
+    pts = geo.back_project(np.where(d > 0, d, max_depth).astype(np.float32), Ks)
+    low = pts[h // 2:][~far[h // 2:]]
+    plane = None
+    if len(low) >= 20:
+        sub = low[np.random.default_rng(0).choice(len(low), min(len(low), 2000), replace=False)]
+        plane = geo.fit_ground_plane(sub.astype(np.float64), np.random.default_rng(1))
+    if plane is None:
+        ys = low[:, 1] if len(low) else np.zeros(1, np.float32)
+        plane = geo.Plane(n=np.array([0.0, 1.0, 0.0]), height=float(np.percentile(ys, 90)) or 1.0)
+    n_g = np.asarray(plane.n, np.float32)
+    height = np.where(far, 0.0, plane.height - pts @ n_g).astype(np.float32)
+    tanh_h = np.tanh(height / 2.0)
+    ground = np.where(far, 0.0, np.exp(-(height / _NEAR_GROUND_M) ** 2)).astype(np.float32)
+    normals = geo.surface_normals(pts, 1.5)
+    horiz = np.where(far, 0.0, np.abs(normals @ n_g)).astype(np.float32)
+    side = np.where(far, 0.0, np.abs(normals[..., 0])).astype(np.float32)
+    sky = far.astype(np.float32)
+    top = np.broadcast_to((1.0 - (np.arange(h, dtype=np.float32) + 0.5) / h)[:, None], (h, w))
+    return {
+        "height": np.stack([tanh_h, _blur(tanh_h, region_sigma), ground, _blur(ground, region_sigma)], -1),
+        "normal": np.stack([horiz, _blur(horiz, region_sigma), side, _blur(side, region_sigma)], -1),
+        "sky": np.stack([sky, _blur(sky, region_sigma), sky * top], -1),
+    }
+
+
 def _balanced(x: np.ndarray, weight: float) -> np.ndarray:
     """Z-score every channel over the frame, then scale the group to ``weight`` expected norm."""
     flat = x.reshape(-1, x.shape[-1])
@@ -138,7 +198,7 @@ def handmade_descriptor(image: np.ndarray, depth: np.ndarray | None, out_hw: tup
 
     ``depth`` is metres (0 = invalid) or None, at any resolution; ``K`` is for the depth's resolution
     (it is pooled to ``out_hw`` by area).
-    ``C = descriptor_channels(cfg.context_sigmas)`` whether or not depth is given.
+    ``C = descriptor_channels(cfg.context_sigmas, uses_evidence(cfg))`` whether or not depth is given.
     """
     h, w = out_hw
     sig = tuple(cfg.context_sigmas)
@@ -146,15 +206,23 @@ def handmade_descriptor(image: np.ndarray, depth: np.ndarray | None, out_hw: tup
     texture = _texture(image, out_hw)
     rows = ((np.arange(h, dtype=np.float32) + 0.5) / h - 0.5) * 2.0
     position = np.broadcast_to(rows[:, None, None], (h, w, 1))
+    # distance from the vertical centre line (flip-invariant): kerbs, facades and vegetation
+    # line the sides of a road scene
+    cols = np.abs(((np.arange(w, dtype=np.float32) + 0.5) / w - 0.5) * 2.0)
+    column = np.broadcast_to(cols[None, :, None], (h, w, 1))
     groups = [(colour, cfg.weight_colour), (_with_context(colour, sig), cfg.weight_colour),
               (texture, cfg.weight_texture), (_with_context(texture, sig), cfg.weight_texture),
-              (position, cfg.weight_position)]
+              (position, cfg.weight_position), (column, cfg.weight_column)]
     if depth is not None:
         region = max(sig) if sig else 4.0
         groups.append((_geometry(depth, out_hw, K, region), cfg.weight_geometry))
+        if uses_evidence(cfg):  # all off: no channels at all (k-means and labeling cost scale with C)
+            ev = _evidence(depth, out_hw, K, region, cfg.max_depth)
+            groups += [(ev[p], getattr(cfg, f"weight_{p}")) for p in _EVIDENCE_CHANNELS]
     parts = [_balanced(x.astype(np.float32), wt) for x, wt in groups if x.shape[-1]]
     if depth is None:
-        parts.append(np.zeros((h, w, _GEOMETRY_CHANNELS), np.float32))
+        extra = sum(_EVIDENCE_CHANNELS.values()) if uses_evidence(cfg) else 0
+        parts.append(np.zeros((h, w, _GEOMETRY_CHANNELS + extra), np.float32))
     feat = _blur(np.concatenate(parts, axis=-1).astype(np.float32), cfg.smooth_sigma)
     feat = feat.reshape(h, w, -1)
     feat /= np.maximum(np.linalg.norm(feat, axis=-1, keepdims=True), 1e-6)
@@ -167,7 +235,7 @@ def _l2n(x: np.ndarray, axis: int = 1) -> np.ndarray:
 
 class HandmadeFeatures(Estimator):
     """Weight-free per-pixel descriptor (see module doc); ``channels`` depends on ``context_sigmas``
-    (44 channels for the default two radii).
+    (45 channels for the default two radii, 56 with the geometric evidence on).
 
     An all-black frame gives finite features (image row only), never NaN.
     """
@@ -181,7 +249,7 @@ class HandmadeFeatures(Estimator):
         if bad:
             raise ValueError(f"FeatureConfig.context_sigmas must be positive feature-map pixels, got {bad}")
         self.cfg = cfg
-        self.channels = descriptor_channels(cfg.context_sigmas)
+        self.channels = descriptor_channels(cfg.context_sigmas, uses_evidence(cfg))
         self.requires_gpu = False
         self.memory_bytes = 256 * 1024**2
 

@@ -227,3 +227,24 @@ def refine_pose(p0: np.ndarray, p1: np.ndarray, K: np.ndarray, initial: list[Pos
     if np.median(z) < 0:
         t = -t
     return Pose(R=R, t=t, inliers=int(inl.sum()))
+
+
+def back_project(depth: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """``H x W x 3`` camera-frame points (metres, y down) of a z-depth map with intrinsics ``K``."""
+    h, w = depth.shape
+    return (pixel_rays(h, w, K) * depth[..., None]).astype(np.float32)
+
+
+def surface_normals(points: np.ndarray, sigma: float = 1.5) -> np.ndarray:
+    """Unit normals (``H x W x 3``) of a back-projected depth map from the cross product of its
+    image-space derivatives, after a Gaussian of ``sigma`` px (monocular depth is noisy per pixel).
+    Oriented towards the camera (``n . X <= 0``); where the derivatives vanish the normal is 0."""
+    p = cv2.GaussianBlur(points, (0, 0), sigma) if sigma > 0 else points
+    du = np.stack([cv2.Sobel(np.ascontiguousarray(p[..., c]), cv2.CV_32F, 1, 0, ksize=3) for c in range(3)], -1)
+    dv = np.stack([cv2.Sobel(np.ascontiguousarray(p[..., c]), cv2.CV_32F, 0, 1, ksize=3) for c in range(3)], -1)
+    n = np.cross(du, dv)
+    norm = np.linalg.norm(n, axis=-1, keepdims=True)
+    n = np.where(norm > 1e-9, n / np.maximum(norm, 1e-9), 0.0)
+    flip = np.einsum("hwc,hwc->hw", n, points) > 0
+    n[flip] *= -1
+    return n.astype(np.float32)
