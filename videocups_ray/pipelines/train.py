@@ -69,7 +69,8 @@ class _ProgressTail:
 
         self.path, self.interval = path, interval
         self._offset = path.stat().st_size if path.is_file() else 0
-        done = _read_metrics(path)[-1].get("step", 0) if self._offset else 0
+        earlier = _read_metrics(path) if self._offset else []
+        done = int(earlier[-1].get("step", 0)) if earlier else 0
         self.bar = tqdm(total=total, initial=done, desc="train", unit="step", file=file, dynamic_ncols=True,
                         mininterval=0.5)
         self._stop = threading.Event()
