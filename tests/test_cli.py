@@ -55,3 +55,8 @@ def test_demo_quick_writes_a_report(quick_demo):
     imgs = list((run / "report" / "img").glob("*.png"))
     assert len(imgs) >= 8
     assert "img/0000.png" in html
+    result = json.loads((run / "summary.json").read_text())  # the demo's result for scripts (issue 14)
+    for side in ("pseudo", "model"):
+        assert set(result[side]) >= {"STQ", "AQ", "SQ", "AQ_static", "AQ_moving"}
+        assert all(0 <= result[side][k] <= 1 for k in ("STQ", "AQ", "SQ"))
+    assert result["seconds"]["train"] > 0 and result["seconds"]["total"] >= result["seconds"]["train"]

@@ -136,6 +136,8 @@ def test_ddp_two_workers_recovers_from_failure_and_predicts(ray_session, gt_shar
     assert second[-1]["pasted_tubes"] > 0  # copy-paste ran
     model, _, meta, extra = load_checkpoint(summary["model"])
     assert extra["step"] == 4 and meta.thing_classes == (11, 13)
+    assert summary["checkpoint"].endswith("checkpoint_00000004")  # checkpoints are named by step
+    assert summary["loss_plot"] == str(run / "loss.png") and (run / "loss.png").stat().st_size > 2000
 
     # inference of the trained model over a labelled dataset, scored unsupervised
     data = tmp_path / "synth"

@@ -140,9 +140,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from videocups_ray.pipelines.train import run_train
 
     cfg = _config(args)
+    from videocups_ray.pipelines.train import evaluation_command
+
     summary = run_train(cfg, args.shards, args.out, workers=_workers(args.workers),
                         use_gpu=True if args.gpu else None, strategy=args.strategy)
     print(json.dumps(summary, indent=2, default=str))
+    print(f"\nmodel: {summary['model']}\nloss curves: {summary['loss_plot']}\nevaluate it:\n  "
+          + evaluation_command(summary["model"], args.heldout, args.config))
     return 0
 
 
@@ -314,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", help="N or MIN,MAX (elastic) Ray Train workers")
     p.add_argument("--gpu", action="store_true", help="one GPU per worker (NCCL)")
     p.add_argument("--strategy", choices=["ddp", "deepspeed"], help="default from config (ddp)")
+    p.add_argument("--heldout", help="labelled held-out corpus named in the printed evaluation command")
     _add_config_args(p)
     p.set_defaults(func=cmd_train)
 

@@ -228,6 +228,9 @@ class EvalConfig(_Section):
     # DVPQ depth thresholds (absolute relative error); DVPQ is computed whenever both the ground
     # truth and the prediction carry depth. ViP-DeepLab's values.
     depth_thresholds: tuple[float, ...] = (0.5, 0.25, 0.1)
+    # AQ split (issue 14): a ground-truth track is "moving" when at least this fraction of its
+    # pixels, over the whole sequence, lies on the ground-truth independent-motion mask.
+    moving_fraction: float = Field(0.5, gt=0, le=1)
 
 
 # --------------------------------------------------------------------------- ray

@@ -144,20 +144,36 @@ class STQ:
             state.compact()
 
     # ------------------------------------------------------------------ results
-    def _association(self, state: _SequenceState) -> tuple[float, int]:
-        """(sum over GT tracks of the track's association score, number of GT tracks)."""
+    def _track_scores(self, state: _SequenceState) -> tuple[np.ndarray, np.ndarray]:
+        """(GT track panoptic IDs, association score of each track); AQ is their mean."""
         state.compact()
         gt_ids, gt_areas = state.gt_tables[0]
         pred_ids, pred_areas = state.pred_tables[0]
         pair_gt, pair_pred, tpa = state.pair_tables[0]
         if gt_ids.size == 0:
-            return 0.0, 0
-        gt_size = gt_areas[np.searchsorted(gt_ids, pair_gt)]
+            return gt_ids, np.empty(0, np.float64)
+        gt_pos = np.searchsorted(gt_ids, pair_gt)
+        gt_size = gt_areas[gt_pos]
         pred_size = pred_areas[np.searchsorted(pred_ids, pair_pred)]
         tpa_f = tpa.astype(np.float64)
         # TPA / (TPA + FPA + FNA) weighted by TPA, normalised by the GT track size.
         score = tpa_f * tpa_f / (gt_size + pred_size - tpa_f) / gt_size
-        return float(score.sum()), int(gt_ids.size)
+        return gt_ids, np.bincount(gt_pos, weights=score, minlength=gt_ids.size)
+
+    def _association(self, state: _SequenceState) -> tuple[float, int]:
+        """(sum over GT tracks of the track's association score, number of GT tracks)."""
+        gt_ids, scores = self._track_scores(state)
+        return float(scores.sum()), int(gt_ids.size)
+
+    def track_scores(self) -> dict[Hashable, dict[int, float]]:
+        """Sequence -> {GT track panoptic ID -> association score}: the per-track terms whose
+        pooled mean is AQ, so AQ can be split over any grouping of tracks
+        (:func:`videocups_ray.metrics.aq_split.aq_split`)."""
+        out: dict[Hashable, dict[int, float]] = {}
+        for seq_id, state in self._sequences.items():
+            ids, scores = self._track_scores(state)
+            out[seq_id] = {int(i): float(s) for i, s in zip(ids, scores)}
+        return out
 
     def _ious(self, confusion: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(IoU per matrix entry, union per matrix entry) with the ignore row removed."""

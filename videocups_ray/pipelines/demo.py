@@ -3,7 +3,8 @@
 SynthDrive corpus (+ a held-out sequence) -> pseudo-labels through the Ray actor pipeline ->
 their STQ -> Ray Train of the VPS model on the pseudo-labels -> inference on the held-out
 sequence -> model vs pseudo-label STQ -> ``demo_summary.json`` -> HTML report
-(``pipelines/report.py``; ``videocups report RUN`` rebuilds it).
+(``pipelines/report.py``; ``videocups report RUN`` rebuilds it) -> ``summary.json``, the
+held-out result for scripts (:func:`result_summary`).
 
 Each stage is a function of the config and the run folder, so the job reads top to bottom.
 One local Ray instance serves every Ray stage and is stopped at the end.
@@ -11,6 +12,7 @@ One local Ray instance serves every Ray stage and is stopped at the end.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -90,6 +92,25 @@ def stage_eval_pseudo(cfg: Config, corpus: Path, shards: Path) -> dict:
     return evaluate_pseudolabels(shards, open_source(str(corpus)), cfg.eval)
 
 
+RESULT_FILE = "summary.json"  # the demo's result for scripts (demo_summary.json feeds the report)
+
+
+def result_summary(pseudo_val: dict, model: dict, seconds: dict[str, float]) -> dict:
+    """``{"pseudo": {...}, "model": {...}, "seconds": {stage: s}}``: STQ / AQ / SQ of the
+    pseudo-labels and of the model on the held-out sequence (unsupervised matching), plus
+    ``AQ_static`` / ``AQ_moving`` (None without tracks of that kind) when the scores carry the
+    split (metrics/aq_split.py), and the seconds per stage."""
+    def scores(r: dict) -> dict:
+        out = {k: r[k] for k in ("STQ", "AQ", "SQ")}
+        split = r.get("AQ_split")
+        if split:
+            out.update(AQ_static=split["static"]["AQ"], AQ_moving=split["moving"]["AQ"])
+        return out
+
+    return {"pseudo": scores(pseudo_val), "model": scores(model),
+            "seconds": {k: round(float(v), 2) for k, v in seconds.items()}}
+
+
 def run_demo(cfg: Config, run: Path, quick: bool = False) -> Path:
     """Run every stage; return the report's index.html."""
     from videocups_ray.pipelines.ray_runtime import ray_session
@@ -131,5 +152,9 @@ def run_demo(cfg: Config, run: Path, quick: bool = False) -> Path:
     timings.append(("total", time.perf_counter() - t0))
     summary["timings"] = dict(timings)
     save_demo_summary(run, summary)
+    result = result_summary(pl_val_scores, model_scores, dict(timings))
+    (run / RESULT_FILE).write_text(json.dumps(result, indent=2))
+    log.info("held-out STQ: pseudo-labels %.3f, model %.3f (%s)", result["pseudo"]["STQ"], result["model"]["STQ"],
+             run / RESULT_FILE)
     log.info("demo done in %.1f s; report %s", timings[-1][1], index)
     return index

@@ -26,6 +26,7 @@ import numpy as np
 from videocups_ray.config import DatasetsConfig, EvalConfig
 from videocups_ray.data.types import DataError, Frame
 from videocups_ray.metrics import DVPQ, STQ, VPQ, UnsupervisedMatcher
+from videocups_ray.metrics.aq_split import TrackMotion, aq_split
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +167,9 @@ def evaluate(gt_frames: FrameSource, pred_frames: FrameSource, *, cfg: EvalConfi
     When every ground-truth frame and its prediction carry depth, ``DVPQ`` (see
     :class:`~videocups_ray.metrics.DVPQ`: ``DVPQ``, ``DVPQ_thing``, ``DVPQ_stuff``,
     ``per_threshold``, ``depth``) is added; VPQ follows ``cfg.protocol``.
+    When every ground-truth frame carries a motion mask (``extra["motion"]``, SynthDrive),
+    ``AQ_split`` (:func:`~videocups_ray.metrics.aq_split.aq_split`: ``static`` / ``moving`` ->
+    ``AQ``, ``num_tracks``; moving = ``cfg.moving_fraction`` of the track on the mask) is added.
     """
     div = cfg.label_divisor
     stq, vpq, dvpq = _metrics(cfg)
@@ -180,25 +184,29 @@ def evaluate(gt_frames: FrameSource, pred_frames: FrameSource, *, cfg: EvalConfi
             g, p = _panoptic(gt, div, "ground truth"), _panoptic(pred, div, "prediction")
             matcher.update_panoptic(g, p, where=f"video {gt.video_id!r} frame {gt.frame_index}")
             if cache is not None:
+                motion = gt.extra.get("motion")
                 cache.append((str(gt.video_id), int(gt.frame_index), _Packed(g), _Packed(p),
-                               _pack_depth(gt.depth), _pack_depth(pred.depth)))
+                               _pack_depth(gt.depth), _pack_depth(pred.depth),
+                               None if motion is None else _Packed(np.asarray(motion, bool))))
         mapping = matcher.fit()
         log.info("unsupervised matching: %d Hungarian, %d majority, %d void-only pseudo-classes",
                  len(mapping.hungarian), len(mapping.majority), len(mapping.unmatched))
 
     def scored_pairs() -> Iterator[tuple]:
         if cache is not None:
-            for video, index, g, p, dg, dp in cache:
-                yield video, index, g.unpack(), p.unpack(), _unpack_depth(dg), _unpack_depth(dp)
+            for video, index, g, p, dg, dp, m in cache:
+                yield (video, index, g.unpack(), p.unpack(), _unpack_depth(dg), _unpack_depth(dp),
+                       None if m is None else m.unpack().astype(bool))
             return
         for gt, pred in paired_frames(_iterate(gt_frames), _iterate(pred_frames)):
             if not unsupervised:
                 _check_supervised_classes(pred, cfg)
             yield (str(gt.video_id), int(gt.frame_index), _panoptic(gt, div, "ground truth"),
-                   _panoptic(pred, div, "prediction"), gt.depth, pred.depth)
+                   _panoptic(pred, div, "prediction"), gt.depth, pred.depth, gt.extra.get("motion"))
 
     num_frames, with_depth, any_depth, no_depth = 0, True, False, ""
-    for video, index, g, p, depth_gt, depth_pred in scored_pairs():
+    track_motion: TrackMotion | None = TrackMotion(cfg.moving_fraction)
+    for video, index, g, p, depth_gt, depth_pred, motion in scored_pairs():
         if matcher is not None:
             p = matcher.apply(p, where=f"video {video!r} frame {index}")
         stq.update(g, p, video, frame_index=index)
@@ -210,6 +218,12 @@ def evaluate(gt_frames: FrameSource, pred_frames: FrameSource, *, cfg: EvalConfi
             no_depth = f"video {video!r} frame {index}: {side} has no depth"
         if with_depth:
             dvpq.update(g, p, depth_gt, depth_pred, video, frame_index=index)
+        if track_motion is not None and motion is None:
+            if num_frames:  # some frames had a mask: say why there is no split
+                log.warning("AQ split not computed: video %r frame %d has no motion mask", video, index)
+            track_motion = None
+        if track_motion is not None:
+            track_motion.update(g, motion, video, frame_index=index)
         num_frames += 1
     if num_frames == 0:
         raise DataError("no ground-truth frames to evaluate")
@@ -231,6 +245,8 @@ def evaluate(gt_frames: FrameSource, pred_frames: FrameSource, *, cfg: EvalConfi
     }
     if with_depth:
         result["DVPQ"] = dvpq.result()
+    if track_motion is not None:
+        result["AQ_split"] = aq_split(stq, track_motion.is_moving)
     if matcher is not None and matcher.mapping is not None:
         result["mapping"] = matcher.mapping.to_dict()
     return result
@@ -254,6 +270,10 @@ def format_report(result: dict[str, Any]) -> str:
     for n, w in result["per_window"].items():
         lines.append(f"{str(n):12s}{_fmt(w['PQ'])}{_fmt(w['PQ_thing'])}{_fmt(w['PQ_stuff'])}"
                      f"{_fmt(w['SQ'])}{_fmt(w['RQ'])}{w['num_windows']:8d}")
+    split = result.get("AQ_split")
+    if split:
+        lines += ["", "AQ by ground-truth track motion"]
+        lines += [f"  {kind:8s}AQ{_fmt(r['AQ'])}  ({r['num_tracks']} tracks)" for kind, r in split.items()]
     dv = result.get("DVPQ")
     if dv:
         lines += ["", f"DVPQ {_fmt(dv['DVPQ'])} (thing {_fmt(dv['DVPQ_thing']).strip()}, stuff "

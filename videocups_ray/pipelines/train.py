@@ -6,8 +6,9 @@ running ``train_loop.train_loop_per_worker`` with ``ScalingConfig(num_workers=(m
 ``FailureConfig(max_failures)``. Started again with the same ``out``, Ray Train V2 finds the
 run's checkpoints and the loop resumes at the last one. The final model is copied to
 ``out/model.pt`` (a self-describing ``model.save_checkpoint`` file) and the summary to
-``out/summary.json``; progress lines go to ``out/metrics.jsonl`` and, from the driver, to the
-console.
+``out/summary.json``, the loss curves to ``out/loss.png``; progress records go to
+``out/metrics.jsonl`` and, from the driver, to a progress bar (steps, loss, images/s, ETA).
+Ray Train's checkpoint folders are named by step (``checkpoint_00000400``).
 
 ``run_finetune(cfg, checkpoint, gt, fraction, out)`` is the paper's label-efficient transfer:
 a ``fraction`` of the frames of a labelled dataset (evenly spaced frame pairs per video) is
@@ -20,10 +21,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import shutil
 import threading
 import time
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from videocups_ray import __version__
@@ -41,6 +44,7 @@ from videocups_ray.pipelines.train_loop import METRICS_FILE, MODEL_FILE, STATE_F
 log = logging.getLogger(__name__)
 
 RUN_NAME = "train"
+LOSS_PLOT = "loss.png"  # loss curves of metrics.jsonl, redrawn at the end of every run
 
 
 def _workers(cfg: Config, workers: int | tuple[int, int] | None) -> int | tuple[int, int]:
@@ -51,12 +55,25 @@ def _workers(cfg: Config, workers: int | tuple[int, int] | None) -> int | tuple[
 
 
 class _ProgressTail:
-    """Prints new lines of ``metrics.jsonl`` on the driver while ``fit`` runs (workers' stdout
-    does not reach the driver when Ray runs with ``log_to_driver=False``)."""
+    """A progress bar (steps, loss, images/s, ETA) fed from new lines of ``metrics.jsonl`` while
+    ``fit`` runs: the loop runs in Ray workers, whose stdout does not reach the driver when Ray
+    runs with ``log_to_driver=False``, so the driver follows the file rank 0 appends to.
 
-    def __init__(self, path: Path, interval: float = 2.0):
+    ``total``: the run's last step (None when the run is bounded by epochs: no ETA). A resumed
+    run's bar starts at the last step already in the file, so the rate and ETA count this
+    attempt's steps only. ``file``: where the bar is drawn (tqdm's default, stderr, if None).
+    """
+
+    def __init__(self, path: Path, total: int | None, interval: float = 2.0, file: Any = None, *,
+                 desc: str = "train", enabled: bool = True):
+        from tqdm import tqdm
+
         self.path, self.interval = path, interval
         self._offset = path.stat().st_size if path.is_file() else 0
+        earlier = _read_metrics(path) if self._offset else []
+        done = int(earlier[-1].get("step", 0)) if earlier else 0
+        self.bar = tqdm(total=total, initial=done, desc=desc, unit="step", file=file, dynamic_ncols=True,
+                        mininterval=0.5, disable=not enabled)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="train-progress", daemon=True)
 
@@ -68,6 +85,7 @@ class _ProgressTail:
         self._stop.set()
         self._thread.join(timeout=5)
         self._poll()
+        self.bar.close()
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -87,10 +105,22 @@ class _ProgressTail:
             self._emit(json.loads(line))
 
     def _emit(self, r: dict) -> None:
-        """Show one metrics record (a log line here; subclasses may draw a progress bar)."""
-        losses = " ".join(f"{k[5:]}={v:.3f}" for k, v in r.items() if k.startswith("loss_"))
-        log.info("step %d epoch %d loss %.4f [%s] %.3f steps/s %.2f images/s", r["step"], r["epoch"],
-                 r.get("loss", float("nan")), losses, r.get("steps_per_s", 0), r.get("images_per_s", 0))
+        """Show one metrics record on the bar."""
+        if "loss" in r:
+            self.bar.set_postfix(epoch=r.get("epoch"), loss=f"{r['loss']:.4f}",
+                                 img_s=f"{r.get('images_per_s', 0):.2f}", refresh=False)
+        self.bar.update(max(int(r["step"]) - self.bar.n, 0))
+
+
+def evaluation_command(model: str | os.PathLike, heldout: str | None = None, config: Sequence[str] = ()) -> str:
+    """The ``videocups infer ... && videocups eval ...`` line that scores ``model`` on a labelled
+    held-out corpus (``HELDOUT`` stands in for it when not given); printed by ``videocups train``."""
+    model = Path(model)
+    data = shlex.quote(heldout) if heldout else "HELDOUT"
+    pred = shlex.quote(str(model.parent / "pred"))
+    cfgs = "".join(f" --config {shlex.quote(c)}" for c in config)
+    return (f"videocups infer --checkpoint {shlex.quote(str(model))} --input {data} --out {pred}{cfgs} && "
+            f"videocups eval --gt {data} --pred {pred} --pred-format kitti-step --unsupervised{cfgs}")
 
 
 def run_train(cfg: Config, shards: str | os.PathLike, out: str | os.PathLike, *,
@@ -145,7 +175,7 @@ def run_train(cfg: Config, shards: str | os.PathLike, out: str | os.PathLike, *,
                                  checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints)),
             datasets={"train": dataset},
         )
-        with _ProgressTail(out / METRICS_FILE):
+        with _ProgressTail(out / METRICS_FILE, cfg.train.max_steps):
             result = trainer.fit()
     if result.checkpoint is None:
         raise DataError(f"{out}: training finished without a checkpoint (no step was run)")
@@ -155,6 +185,11 @@ def run_train(cfg: Config, shards: str | os.PathLike, out: str | os.PathLike, *,
         state = read_torch_file(Path(d) / STATE_FILE, "training state")
     records = _read_metrics(out / METRICS_FILE)
     last = records[-1] if records else {}
+    loss_plot = None
+    if any("loss" in r for r in records):
+        from videocups_ray.viz.plots import save_loss_curves  # matplotlib: only once training is done
+
+        loss_plot = save_loss_curves(records, out / LOSS_PLOT)
     timed = [r for r in records if r.get("resumed_from") == last.get("resumed_from")][1:]
     summary = {
         "out": str(out), "model": str(final_model), "checkpoint": str(result.checkpoint.path),
@@ -164,6 +199,7 @@ def run_train(cfg: Config, shards: str | os.PathLike, out: str | os.PathLike, *,
         "seconds": round(time.perf_counter() - t0, 2),
         "images_per_s": _mean(r.get("images_per_s") for r in timed),
         "steps_per_s": _mean(r.get("steps_per_s") for r in timed),
+        "loss_plot": str(loss_plot) if loss_plot else None,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -42,6 +42,7 @@ from videocups_ray.cues.training.build import (
     save_backend_checkpoint,
 )
 from videocups_ray.cues.training.windows import WINDOW_LENGTH, augment_window, dis_flows, plan_windows, read_window
+from videocups_ray.data.checkpoints import read_torch_file
 from videocups_ray.data.sources import FrameSource
 from videocups_ray.data.types import DataError
 from videocups_ray.pipelines.pseudolabel import resolve_source
@@ -154,7 +155,7 @@ def cue_train_loop(config: dict[str, Any]) -> None:
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+            state = read_torch_file(Path(d) / STATE_FILE, "cue training state")
             module.load_state_dict(state["trainer"])
             strategy.restore(Path(d), state)
             step = start_step = int(state["step"])
@@ -215,24 +216,6 @@ def _report_checkpoint(task: str, strategy, module, rank: int, world: int, step:
 
 
 # --------------------------------------------------------------------------- driver
-class _CueProgress(_ProgressTail):
-    """A tqdm bar over the steps (loss, images/s; tqdm gives the ETA), fed by the metrics file."""
-
-    def __init__(self, path: Path, total: int, start: int, enabled: bool) -> None:
-        from tqdm import tqdm
-
-        super().__init__(path)
-        self.bar = tqdm(total=total, initial=start, desc=path.name.split("_")[0], unit="step", disable=not enabled)
-
-    def _emit(self, r: dict) -> None:
-        self.bar.update(max(0, int(r["step"]) - self.bar.n))
-        self.bar.set_postfix(loss=f"{r.get('loss', float('nan')):.4f}", img_s=f"{r.get('images_per_s', 0):.2f}")
-
-    def __exit__(self, *exc) -> None:
-        super().__exit__(*exc)
-        self.bar.close()
-
-
 def plot_losses(records: list[dict], path: Path, title: str) -> Path:
     """Total and per-term losses against steps, as a PNG."""
     import matplotlib
@@ -305,16 +288,14 @@ def run_train_cues(cfg: Config, task: str, input_spec: str | os.PathLike | Frame
                                  checkpoint_config=CheckpointConfig(num_to_keep=ct.keep_checkpoints)),
             datasets={"train": dataset},
         )
-        records_before = _read_metrics(out / metrics_file(task))
-        start = records_before[-1]["step"] if records_before else 0
-        with _CueProgress(out / metrics_file(task), ct.max_steps, start, progress):
+        with _ProgressTail(out / metrics_file(task), ct.max_steps, desc=task, enabled=progress):
             result = trainer.fit()
     if result.checkpoint is None:
         raise DataError(f"{out}: cue training finished without a checkpoint (no step was run)")
     final = out / CHECKPOINT_NAME[task]
     with result.checkpoint.as_directory() as d:
         shutil.copyfile(Path(d) / CHECKPOINT_NAME[task], final)
-        state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+        state = read_torch_file(Path(d) / STATE_FILE, "cue training state")
     records = _read_metrics(out / metrics_file(task))
     last = records[-1] if records else {}
     timed = [r for r in records if r.get("resumed_from") == last.get("resumed_from")][1:]

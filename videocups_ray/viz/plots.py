@@ -6,6 +6,7 @@ Each function takes plain data (lists, dicts) and returns a figure that
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import matplotlib
@@ -40,6 +41,16 @@ def loss_curves(records: Sequence[Mapping[str, float]]):
     ax.legend(fontsize=7, ncol=2)
     ax.set_title("training losses")
     return fig
+
+
+def save_loss_curves(records: Sequence[Mapping[str, float]], path: str | Path) -> Path:
+    """:func:`loss_curves` written to ``path`` as a PNG (the training run folder's plot)."""
+    fig = loss_curves(records)
+    try:
+        fig.savefig(path, dpi=100, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return Path(path)
 
 
 def class_iou_bars(per_label: Mapping[str, Sequence[float | None]], names: Sequence[str] = CITYSCAPES_NAMES):
