@@ -363,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="converted state dict (.pt)")
     p.add_argument("--motion-decoder", help="monodepth2: motion decoder file in the depth decoder's layout")
     p.add_argument("--no-motion", action="store_true", help="monodepth2: constant p=0 motion head")
-    p.set_defaults(func=cmd_convert_checkpoint)
+    p.set_defaults(func=cmd_convert_checkpoint, out_is_file=True)  # --out names a file
 
     p = sub.add_parser("eval", help="score predictions against ground truth (STQ, VPQ)")
     p.add_argument("--gt", required=True, help="ground-truth folder")
@@ -391,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        if getattr(args, "out", None):
+        if getattr(args, "out", None) and not getattr(args, "out_is_file", False):
             _check_out(args.out)
         return args.func(args)
     except (ConfigError, DataError) as exc:

@@ -1,7 +1,7 @@
 """Convert official checkpoint layouts into the files the learned backends load.
 
 Pure functions (``state dict in -> state dict out``) plus :func:`convert_checkpoint`, which reads
-the official file(s) with ``torch.load(weights_only=True)`` and writes a plain state dict of
+the official file(s) through ``data.checkpoints`` (weights only) and writes a plain state dict of
 tensors with ``torch.save``: the layout ``cues.checkpoints.load_checkpoint`` (flow, depth,
 features) and ``model.backbone.load_backbone_checkpoint`` read. Every converter checks the
 result key for key (and shape for shape) against the target network built with random weights,

@@ -11,7 +11,7 @@ It reads a run folder and writes ``<run>/report/index.html`` with:
   with track IDs, so that tracking can be seen.
 
 A run folder is a demo run (``demo_summary.json``), or any folder holding pseudo-label shards
-(``manifest.json``), a training run (``metrics.jsonl``) or predictions (``panoptic/``); scores
+(a shard manifest), a training run (``metrics.jsonl``) or predictions (``panoptic/``); scores
 and matched colours need the ground truth (``--gt``) unless the demo summary names it.
 """
 
@@ -285,10 +285,12 @@ def write_run_report(cfg: Config, run: str | Path, gt: str | Path | None = None)
         return write_demo_report(cfg, run, json.loads(demo.read_text()))
     from videocups_ray.pipelines.evaluate import evaluate_paths
 
-    found = {"shards": (run / "manifest.json").is_file(), "train": (run / "metrics.jsonl").is_file(),
+    from videocups_ray.data.shards import is_shard_dir, read_manifest
+
+    found = {"shards": is_shard_dir(run), "train": (run / "metrics.jsonl").is_file(),
              "preds": (run / "panoptic").is_dir()}
     if not any(found.values()):
-        raise DataError(f"run folder {run}: no run found (expected {DEMO_SUMMARY}, manifest.json, metrics.jsonl "
+        raise DataError(f"run folder {run}: no run found (expected {DEMO_SUMMARY}, a shard manifest, metrics.jsonl "
                         "or panoptic/)")
     report = _fresh_report(run, f"videocups-ray run {run.name}")
     report.text(f"videocups-ray {__version__}; run folder {run}; ground truth {gt or '(none given: no scores)'}.")
@@ -310,10 +312,9 @@ def write_run_report(cfg: Config, run: str | Path, gt: str | Path | None = None)
                                   (name, colorize_panoptic(lab.semantic, lab.instance, palette="pseudo",
                                                            image=lab.image))], width=360)
         if found["shards"]:
-            manifest = json.loads((run / "manifest.json").read_text())
-            skipped = manifest.get("meta", {}).get("skipped_videos") or []
-            report.table(["skipped input", "reason"], [[s.get("video_id", s), s.get("reason", "")] if isinstance(s, dict)
-                                                        else [s, ""] for s in skipped] or [["(none)", ""]])
+            skipped = read_manifest(str(run)).get("meta", {}).get("skipped_videos") or {}
+            report.table(["skipped input", "reason"],
+                         [[video, reason] for video, reason in sorted(skipped.items())] or [["(none)", ""]])
     if found["train"]:
         section_training(report, run)
     return report.write()

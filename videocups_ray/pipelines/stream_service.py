@@ -53,6 +53,7 @@ class StreamService:
         self._labelers: dict[str, Any] = {}
         self.errors: dict[str, str] = {}
         self._stats: dict[str, dict] = {}
+        self._closed: dict[str, Any] | None = None  # close()'s result, once closed
         if engine == "ray":
             import ray
 
@@ -113,7 +114,10 @@ class StreamService:
         log.warning("stream %s failed: %s (the other streams go on)", name, self.errors[name])
 
     def close(self) -> dict[str, Any]:
-        """End every open stream, commit, release the actors; returns the per-stream summaries."""
+        """End every open stream, commit, release the actors; returns the per-stream summaries.
+        Idempotent: a second call (e.g. ``__exit__`` after an explicit close) returns the same."""
+        if self._closed is not None:
+            return self._closed
         for name in list(self._runners):
             self.end(name)
         if self.engine == "ray":
@@ -124,8 +128,9 @@ class StreamService:
         else:
             self._writer.close()
             written = self._writer.summary.written
-        return {"out": self.out, "engine": self.engine, "written": written, "streams": dict(self._stats),
-                "failed": dict(self.errors)}
+        self._closed = {"out": self.out, "engine": self.engine, "written": written, "streams": dict(self._stats),
+                        "failed": dict(self.errors)}
+        return self._closed
 
     def __enter__(self) -> "StreamService":
         return self
