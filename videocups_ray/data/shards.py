@@ -236,7 +236,7 @@ def open_for_commit(out: str | os.PathLike | Store, cfg: ShardConfig, config_has
     Checks the config hash, migrates an old single-file manifest, and deletes ``.tmp`` files and
     shard files no generation lists (left by a killed writer: their frames are written again).
     """
-    store = out if isinstance(out, Store) else Store(out)
+    store = _as_store(out)
     store.makedirs()
     kw = {"compact_every": cfg.manifest_compact_every, "fanout": cfg.manifest_fanout}
     if Manifest.exists(store):
@@ -292,9 +292,9 @@ class ShardWriter:
     nothing more (buffered rows are not committed, so a rerun redoes them).
     """
 
-    def __init__(self, out: str | os.PathLike, cfg: ShardConfig, config_hash: str, code_version: str):
+    def __init__(self, out: str | os.PathLike | Store, cfg: ShardConfig, config_hash: str, code_version: str):
         self.cfg, self.config_hash, self.code_version = cfg, config_hash, code_version
-        self._store = Store(out)
+        self._store = _as_store(out)
         self._manifest = open_for_commit(self._store, cfg, config_hash, code_version)
         self._files = ShardFileWriter(self._store, cfg)
         self._committed = CommittedFrames(self._manifest)
@@ -401,14 +401,18 @@ def _disable_broken_fsspec_http() -> None:
         sys.modules[_FSSPEC_HTTP] = None  # type: ignore[assignment]
 
 
-def is_shard_dir(path: str | os.PathLike) -> bool:
+def _as_store(path: str | os.PathLike | Store) -> Store:
+    return path if isinstance(path, Store) else Store(path)
+
+
+def is_shard_dir(path: str | os.PathLike | Store) -> bool:
     """Whether ``path`` holds a shard manifest (the commit log or an old ``manifest.json``)."""
-    return Manifest.exists(Store(path))
+    return Manifest.exists(_as_store(path))
 
 
-def _manifest_dirs(path: str | os.PathLike) -> list[Store]:
+def _manifest_dirs(path: str | os.PathLike | Store) -> list[Store]:
     """The directory itself if it holds a manifest, else its subdirectories that do."""
-    store = Store(path)
+    store = _as_store(path)
     if Manifest.exists(store):
         return [store]
     if not store.is_dir():
@@ -420,12 +424,12 @@ def _manifest_dirs(path: str | os.PathLike) -> list[Store]:
     return subs
 
 
-def read_manifest(path: str | os.PathLike) -> dict:
+def read_manifest(path: str | os.PathLike | Store) -> dict:
     """The whole manifest of one shard directory in one dict (``meta``, ``shards``): O(corpus)."""
-    return Manifest.open(Store(path)).as_dict()
+    return Manifest.open(_as_store(path)).as_dict()
 
 
-def shard_files(path: str | os.PathLike, verify: Verify = "size", workers: int = 4) -> list[str]:
+def shard_files(path: str | os.PathLike | Store, verify: Verify = "size", workers: int = 4) -> list[str]:
     """Committed shard files (local paths or URIs) for ``ray.data.read_parquet`` / ``pyarrow.dataset``.
 
     Only committed files: a stray or uncommitted file in the directory is never read as data.
@@ -450,7 +454,7 @@ def verify_shards(path: str | os.PathLike, workers: int = 4) -> int:
     return len(shard_files(path, verify="checksum", workers=workers))
 
 
-def read_shards(path: str | os.PathLike, *, verify: bool = True, batch_rows: int = 16) -> Iterator[Frame]:
+def read_shards(path: str | os.PathLike | Store, *, verify: bool = True, batch_rows: int = 16) -> Iterator[Frame]:
     """Decoded frames of every committed shard, in commit order (each shard checksummed first)."""
     for store in _manifest_dirs(path):
         for entry in Manifest.open(store).shards():
