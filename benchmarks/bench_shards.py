@@ -17,9 +17,9 @@ per shard, 1000-frame videos, a per-video statistics record per finished video),
 old single-JSON manifest rewritten in full per commit, both measured in this run. The log's
 state is built by the real ``Manifest.commit`` (compactions included) with fsync switched off,
 reported as the amortised build cost per commit; then ``--window`` durable commits are timed
-at that size. Resume runs in a fresh subprocess: open the log, per-video counts, per-video
-stats, the frame keys of the 4 videos being resumed, the committed file names (debris check);
-its peak RSS is measured there. The old scheme's resume (json.loads + the set of every key)
+at that size. Resume runs in a fresh subprocess (module imports done before the clock starts): open the log,
+per-video counts, per-video stats, the frame keys of the 4 videos being resumed, the committed
+file names (debris check); its peak RSS is measured there. The old scheme's resume (json.loads + the set of every key)
 runs under a ``--old-cap-gb`` address-space cap.
 
 **writers** (issue 11 item 3): rows/s of a WriterPool with 1, 2 and 4 WriterActors at
@@ -162,31 +162,38 @@ def _new_commit(manifest, i: int) -> None:
     manifest.commit([_entry(i)], video_meta={STATS_KEY: {v: _stats(v) for v in vids}} if vids else None)
 
 
-def _build_new(root: str, n: int, window: int) -> dict:
+def _build_new(root: str, n: int):
+    """A commit log holding n shards, built by the real commit code with fsync switched off."""
     from videocups_ray.data import shard_store
     from videocups_ray.data.manifest import Manifest
     from videocups_ray.data.shard_store import Store
 
-    store = Store(root)
-    manifest = Manifest.create(store, "bench", "bench")
+    manifest = Manifest.create(Store(root), "bench", "bench")
     real_fsync = shard_store._fsync
-    shard_store._fsync = lambda path: None  # the build: real commits and compactions, no durability
+    shard_store._fsync = lambda path: None
     try:
         t0 = time.perf_counter()
-        for i in range(n - window):
+        for i in range(n):
             _new_commit(manifest, i)
-        build_us = (time.perf_counter() - t0) / max(n - window, 1) * 1e6
+        build_us = (time.perf_counter() - t0) / max(n, 1) * 1e6
     finally:
         shard_store._fsync = real_fsync
-    times = []
-    for i in range(n - window, n):
-        t0 = time.perf_counter()
-        _new_commit(manifest, i)
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    return {"build_us": build_us, "median_ms": statistics.median(times) * 1e3,
-            "mean_ms": statistics.fmean(times) * 1e3, "max_ms": times[-1] * 1e3,
-            "objects": len(store.sub("_manifest").list_names())}
+    return manifest, build_us
+
+
+def _time_new_commits(states: dict, window: int, per_round: int = 16) -> dict:
+    """Durable commits on every state, interleaved in rounds so each size sees the same load."""
+    times: dict[int, list[float]] = {n: [] for n in states}
+    nxt = {n: n for n in states}
+    for _ in range(max(1, window // per_round)):
+        for n, manifest in states.items():
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                _new_commit(manifest, nxt[n])
+                times[n].append(time.perf_counter() - t0)
+                nxt[n] += 1
+    return {n: {"median_ms": statistics.median(t) * 1e3, "mean_ms": statistics.fmean(t) * 1e3,
+                "max_ms": max(t) * 1e3, "objects": len(states[n].dir.list_names())} for n, t in times.items()}
 
 
 def _old_manifest(n: int) -> dict:
@@ -219,6 +226,8 @@ def _resume_child(scheme: str, root: str, n: int) -> None:
     base_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
     if scheme == "new":
+        import pyarrow.dataset  # noqa: F401 - imported by any engine anyway; ~0.2 s idle, 1.5 s at load 40
+
         from videocups_ray.data.manifest import Manifest
         from videocups_ray.data.shard_store import Store
 
@@ -264,27 +273,38 @@ def _resume(scheme: str, root: str, n: int, cap_gb: float | None = None) -> dict
 def bookkeeping_section(args: argparse.Namespace) -> None:
     sizes = (1000, 10000) if args.quick else (1000, 10000, 100000)
     print(f"\nmanifest bookkeeping: metadata-only shards of {ROWS} rows, {VIDEO_FRAMES}-frame videos; "
-          f"new = _manifest/ commit log (compact_every 256, fanout 8), old = one JSON rewritten per commit")
+          f"new = _manifest/ commit log (compact_every 256, fanout 8), old = one JSON rewritten per commit; "
+          f"{args.window} durable new commits per size, interleaved with the other sizes")
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        states, build = {}, {}
+        for n in sizes:
+            states[n], build[n] = _build_new(os.path.join(tmp, f"new{n}"), n)
+        new = _time_new_commits(states, args.window)
+        rows = []
+        for n in sizes:
+            old_dir = os.path.join(tmp, f"old{n}")
+            os.makedirs(old_dir)
+            old = _old_commits(old_dir, n, repeats=3 if n <= 10000 else 2)
+            r_new = _resume("new", os.path.join(tmp, f"new{n}"), n)
+            r_old = _resume("old", old_dir, n, cap_gb=args.old_cap_gb)
+            rows.append((n, old, r_new, r_old))
+            os.remove(os.path.join(old_dir, "manifest.json"))
     print(f"{'shards':>7} | {'new commit ms':>13} {'mean':>6} {'max':>7} {'build us':>8} {'objs':>5} | "
           f"{'old commit ms':>13} {'old MB':>6} {'old/new':>7} | {'new resume s':>12} {'peak MB':>7} "
           f"{'delta MB':>8} | {'old resume s':>12} {'peak MB':>7}")
-    first = None
-    for n in sizes:
-        with tempfile.TemporaryDirectory(dir=args.tmp) as new_dir, tempfile.TemporaryDirectory(dir=args.tmp) as old_dir:
-            new = _build_new(new_dir, n, min(args.window, n // 2))
-            old = _old_commits(old_dir, n, repeats=3 if n <= 10000 else 2)
-            r_new = _resume("new", new_dir, n)
-            r_old = _resume("old", old_dir, n, cap_gb=args.old_cap_gb)
-        first = first or new
+    for n, old, r_new, r_old in rows:
+        c = new[n]
         old_r = (f"{r_old['s']:12.2f} {r_old['peak_mb']:7.0f}" if "s" in r_old
-                 else f"{'over the ' + str(args.old_cap_gb) + ' GB cap':>20} ({r_old['error']})")
+                 else f"over the {args.old_cap_gb} GB cap ({r_old['error']})")
         new_r = (f"{r_new['s']:12.2f} {r_new['peak_mb']:7.0f} {r_new['delta_mb']:8.0f}" if "s" in r_new
                  else f"{r_new['error']:>29}")
-        print(f"{n:7d} | {new['median_ms']:13.2f} {new['mean_ms']:6.2f} {new['max_ms']:7.1f} {new['build_us']:8.0f} "
-              f"{new['objects']:5d} | {old['median_ms']:13.1f} {old['mb']:6.1f} "
-              f"{old['median_ms'] / new['median_ms']:7.0f} | {new_r} | {old_r}", flush=True)
-    print(f"new commit median ratio {sizes[-1]} / {sizes[0]} shards: see the rows above (target <= 2x); "
-          f"first row median {first['median_ms']:.2f} ms")
+        print(f"{n:7d} | {c['median_ms']:13.2f} {c['mean_ms']:6.2f} {c['max_ms']:7.1f} {build[n]:8.0f} "
+              f"{c['objects']:5d} | {old['median_ms']:13.1f} {old['mb']:6.1f} "
+              f"{old['median_ms'] / c['median_ms']:7.0f} | {new_r} | {old_r}", flush=True)
+    lo, hi = sizes[0], sizes[-1]
+    print(f"new commit {hi} vs {lo} shards: median x{new[hi]['median_ms'] / new[lo]['median_ms']:.2f}, "
+          f"mean x{new[hi]['mean_ms'] / new[lo]['mean_ms']:.2f} (target <= 2x); amortised build "
+          f"x{build[hi] / build[lo]:.2f}")
 
 
 # --------------------------------------------------------------------------- writer pool

@@ -302,16 +302,26 @@ class Manifest:
         tables.append(logt.select(columns))
         return pa.concat_tables(tables)
 
+    def _summary(self) -> pa.Table:
+        """Every record without its frame ranges and shard sizes, read once per generation.
+
+        Resume questions (counts per video, file names, retractions, meta) are answered from
+        it with one read of each segment; frame ranges are read per video on demand.
+        """
+        if "summary" not in self._cache:
+            self._cache["summary"] = self._read(["kind", "video_id", "gen", "file", "n", "key", "value"])
+        return self._cache["summary"]
+
+    def _kind(self, *kinds: str) -> pa.Table:
+        t = self._summary()
+        return t.filter(pc.is_in(t.column("kind"), pa.array(list(kinds))))
+
     def committed_files(self) -> set[str]:
-        """Names of every committed shard file (one small column; the debris check on open)."""
-        t = self._read(["file"], pc.field("kind") == "shard")
-        return set(t.column("file").to_pylist()) - self.retracted()
+        """Names of every committed shard file (the debris check on open)."""
+        return set(self._kind("shard").column("file").to_pylist()) - self.retracted()
 
     def retracted(self) -> set[str]:
-        if "retracted" not in self._cache:
-            t = self._read(["file"], pc.field("kind") == "retract")
-            self._cache["retracted"] = set(t.column("file").to_pylist())
-        return self._cache["retracted"]
+        return set(self._kind("retract").column("file").to_pylist())
 
     def shards(self, videos: Iterable[str] | None = None) -> list[dict]:
         """Committed shard entries in commit order; ``videos``: only shards holding one of them."""
@@ -322,8 +332,8 @@ class Manifest:
         return _entries(t, self.retracted())
 
     def committed_counts(self) -> dict[str, int]:
-        """Committed frames per video (two small columns of the index; no frame ranges)."""
-        t = self._read(["video_id", "file", "n"], pc.field("kind") == "shard")
+        """Committed frames per video (no frame ranges are read)."""
+        t = self._kind("shard")
         dead = self.retracted()
         if dead:
             t = t.filter(pc.invert(pc.is_in(t.column("file"), pa.array(sorted(dead)))))
@@ -345,18 +355,21 @@ class Manifest:
 
     def meta(self) -> dict:
         """Global meta, with every per-video record folded in as ``meta[key][video_id]``."""
-        t = self._read(["kind", "video_id", "gen", "key", "value"], pc.field("kind").isin(["meta", "vmeta"]))
+        t = self._kind("meta", "vmeta")
+        t = t.append_column("_vmeta", pc.equal(t.column("kind"), "vmeta")).sort_by(
+            [("gen", "ascending"), ("_vmeta", "ascending")])
         out: dict[str, Any] = {}
-        for r in sorted(t.to_pylist(), key=lambda r: (r["gen"], r["kind"] == "vmeta")):
-            value = json.loads(r["value"])
-            if r["kind"] == "meta":
-                out[r["key"]] = value
+        cols = [t.column(c).to_pylist() for c in ("kind", "video_id", "key", "value")]
+        for kind, vid, key, raw in zip(*cols):
+            value = json.loads(raw)
+            if kind == "meta":
+                out[key] = value
                 continue
-            per_video = out.setdefault(r["key"], {})
+            per_video = out.setdefault(key, {})
             if value is None:
-                per_video.pop(r["video_id"], None)
+                per_video.pop(vid, None)
             else:
-                per_video[r["video_id"]] = value
+                per_video[vid] = value
         return out
 
     def as_dict(self) -> dict:
