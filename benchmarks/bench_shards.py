@@ -315,7 +315,7 @@ def writers_section(args: argparse.Namespace) -> None:
     from videocups_ray.pipelines.writer_pool import WriterPool
 
     frames = _frames(375, 1242, flips=True)
-    chunk, n_chunks = 8, 4 if args.quick else 8
+    chunk, n_chunks = 8, 4 if args.quick else 6
     print(f"\nwriter pool: 375x1242, {chunk * n_chunks} rows (chunks of {chunk}, shards of {chunk} rows, "
           f"raw + zstd 3), {os.cpu_count()} cores")
     ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False,
@@ -329,13 +329,12 @@ def writers_section(args: argparse.Namespace) -> None:
                 rows.append({"video_id": f"v{c:03d}", "frame_index": j, "image": f.image, "semantic": f.semantic,
                              "instance": f.instance, "ignore": f.extra["ignore"]})
             refs.append(ray.put(rows))
-        print(f"{'writers':>7} | {'rows/s':>7} {'x 1 writer':>10} | {'s':>6} | load average")
-        base = None
-        for writers in (1, 2, 4):
-            cfg = with_overrides(Config(), shards={"rows_per_shard": chunk},
-                                 ray={"writer": {"replicas": writers, "num_cpus": 0.5}})
-            rates = []
-            for _ in range(args.repeats):
+        rates: dict[int, list[float]] = {1: [], 2: [], 4: []}
+        loads: dict[int, list[float]] = {1: [], 2: [], 4: []}
+        for _ in range(args.repeats):  # sizes interleaved per repeat, so each sees the same load
+            for writers in rates:
+                cfg = with_overrides(Config(), shards={"rows_per_shard": chunk},
+                                     ray={"writer": {"replicas": writers, "num_cpus": 0.5}})
                 with tempfile.TemporaryDirectory(dir=args.tmp) as out:
                     pool = WriterPool(ray, cfg, out)
                     try:
@@ -345,14 +344,17 @@ def writers_section(args: argparse.Namespace) -> None:
                             pool.write(f"v{c:03d}@0", ref, True)
                             pool.release(f"v{c:03d}@0")
                         counts = pool.finish()
-                        rates.append(counts["written"] / (time.perf_counter() - t0))
+                        rates[writers].append(counts["written"] / (time.perf_counter() - t0))
+                        loads[writers].append(os.getloadavg()[0])
                         assert counts["written"] == chunk * n_chunks
                     finally:
                         pool.kill()
-            rate = statistics.median(rates)
-            base = base or rate
-            print(f"{writers:7d} | {rate:7.1f} {rate / base:10.2f} | {chunk * n_chunks / rate:6.2f} | "
-                  f"{os.getloadavg()}", flush=True)
+        print(f"{'writers':>7} | {'rows/s':>7} {'x 1 writer':>10} | {'ms/row':>6} | runs (rows/s) | 1-min load")
+        base = statistics.median(rates[1])
+        for writers, r in rates.items():
+            rate = statistics.median(r)
+            print(f"{writers:7d} | {rate:7.1f} {rate / base:10.2f} | {1e3 / rate:6.1f} | "
+                  f"{' '.join(f'{x:.1f}' for x in r)} | {' '.join(f'{x:.0f}' for x in loads[writers])}", flush=True)
     finally:
         ray.shutdown()
 

@@ -66,7 +66,7 @@ def test_killed_writer_of_three_then_rerun(setup, tmp_path):
     cfg, root, ref = setup
     out = tmp_path / "shards"
     with pytest.raises(WriterLost, match="shard writer \\d of 3 died"):
-        run_ray(cfg, root, out, progress=False, failures=(FailurePlan("writer", 3, str(tmp_path / "w.dead")),))
+        run_ray(cfg, root, out, progress=False, failures=(FailurePlan("writer", 2, str(tmp_path / "w.dead")),))
     committed = len(_frames(out))
     assert 0 < committed < 24
     summary = run_ray(cfg, root, out, progress=False)

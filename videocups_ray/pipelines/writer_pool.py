@@ -34,7 +34,8 @@ from videocups_ray.data.types import DataError
 
 log = logging.getLogger(__name__)
 
-_ACTOR_DIED = ("ActorDiedError", "RayActorError", "ActorUnavailableError", "OwnerDiedError")
+_ACTOR_DIED = ("ActorDiedError", "RayActorError", "ActorUnavailableError", "OwnerDiedError", "OutOfMemoryError",
+               "NodeDiedError", "WorkerCrashedError")  # the writer process is gone
 
 
 class WriterLost(DataError):
