@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -110,13 +111,13 @@ def test_killed_before_rename_leaves_no_partial_and_no_duplicate(tmp_path, monke
     with pytest.raises(KeyboardInterrupt):
         _write(tmp_path, frames, cfg)
     monkeypatch.setattr(shards_mod._Store, "commit_tmp", real_commit)
-    assert len(list(tmp_path.glob("*.tmp"))) == 1  # the killed shard's temp file
+    assert len(list(tmp_path.glob("_pending/*.tmp"))) == 1  # the killed shard's temp file
     assert _keys(tmp_path) == [("vid", i) for i in range(4)]
 
     with caplog.at_level(logging.WARNING):
         w = ShardWriter(tmp_path, cfg, "h1", "test")
-    assert "removing temporary file" in caplog.text
-    assert not list(tmp_path.glob("*.tmp"))
+    assert "left by a writer killed before its commit" in caplog.text
+    assert not list(tmp_path.glob("**/*.tmp"))
     assert w.committed_keys() == {("vid", i) for i in range(4)}
     for f in frames:
         w.add_frame(f)
@@ -137,12 +138,12 @@ def test_killed_before_manifest_update_is_rewritten_once(tmp_path, monkeypatch, 
     with pytest.raises(KeyboardInterrupt):
         _write(tmp_path, frames, cfg)
     monkeypatch.undo()
-    assert len(list(tmp_path.glob("part-*.parquet"))) == 1
+    assert len(list(tmp_path.glob("_pending/part-*.parquet"))) == 1 and not list(tmp_path.glob("*.parquet"))
     assert not list((tmp_path / "_manifest").glob("log-*.json"))
     assert _keys(tmp_path) == []  # the shard file exists, but no generation lists it
     with caplog.at_level(logging.WARNING):
         w = _write(tmp_path, frames, cfg)
-    assert "does not list" in caplog.text
+    assert "killed before its commit" in caplog.text
     assert w.summary.written == 6
     keys = _keys(tmp_path)
     assert sorted(keys) == [("vid", i) for i in range(6)] and len(keys) == 6
@@ -231,6 +232,10 @@ def test_ray_data_reads_shard_dir(tmp_path, ray_session):
     _write(tmp_path, frames, ShardConfig(rows_per_shard=4, rows_per_row_group=2))
     ds = ray_session.data.read_parquet(shard_files(tmp_path))
     assert ds.count() == 6
+    # the folder itself: an uncommitted shard in _pending/ and the _manifest/ objects are skipped
+    (tmp_path / "_pending").mkdir(exist_ok=True)
+    (tmp_path / "_pending" / "part-uncommitted.parquet").write_bytes(Path(shard_files(tmp_path)[0]).read_bytes())
+    assert ray_session.data.read_parquet(str(tmp_path)).count() == 6
     rows = ds.map_batches(decode_batch, batch_format="numpy", batch_size=4).take_all()
     assert len(rows) == 6
     by_key = {(f.video_id, f.frame_index): f for f in frames}
@@ -282,3 +287,29 @@ def test_synthdrive_ground_truth_to_shards(tmp_path):
         if orig.flow is not None:
             np.testing.assert_array_equal(orig.flow_valid, got.flow_valid)
             np.testing.assert_array_equal(orig.flow[orig.flow_valid], got.flow[got.flow_valid])
+
+
+def test_directory_scans_see_only_committed_whole_shards(tmp_path):
+    """pyarrow.dataset on the folder itself: uncommitted shards wait in _pending/ (skipped),
+    manifest objects live in _manifest/ (skipped); a commit not yet moved is found by readers."""
+    import pyarrow.dataset as ds
+
+    from videocups_ray.data.shard_store import Store
+    from videocups_ray.data.shards import ShardFileWriter, open_for_commit, publish
+
+    cfg = ShardConfig(rows_per_shard=2)
+    manifest = open_for_commit(tmp_path, cfg, "h", "v")
+    files = ShardFileWriter(Store(tmp_path), cfg)
+    entries = []
+    for f in _frames(6):
+        row = files.encode(f.video_id, f.frame_index, f.image, f.semantic, f.instance, f.extra["ignore"])
+        entries += [e for e in [files.add_encoded((f.video_id, f.frame_index), row)] if e]
+    assert ds.dataset(tmp_path, format="parquet").count_rows() == 0 and _keys(tmp_path) == []
+    manifest.commit(entries[:2])  # committed, files not moved yet (the committer "died" here)
+    assert len(_keys(tmp_path)) == 4 and len(shard_files(tmp_path)) == 2  # readers find them in _pending/
+    assert ds.dataset(tmp_path, format="parquet").count_rows() == 0  # a scan lags, never runs ahead
+    publish(Store(tmp_path), entries[:2])
+    assert ds.dataset(tmp_path, format="parquet").count_rows() == 4
+    open_for_commit(tmp_path, cfg, "h", "v")  # the next run: the uncommitted third shard is debris
+    assert not list((tmp_path / "_pending").iterdir())
+    assert ds.dataset(tmp_path, format="parquet").count_rows() == 4 and len(_keys(tmp_path)) == 4

@@ -148,3 +148,18 @@ def test_committed_frames_load_per_video(tmp_path):
     assert ("b", 3) in frames and ("b", 4) not in frames and ("z", 0) not in frames
     assert set(frames._frames) == {"b"}  # only the video looked up (with committed frames) was loaded
     assert len(list((tmp_path / "_manifest").glob("seg-0-*.seg"))) == 1  # 2 commits compacted
+
+
+def test_reader_survives_a_compaction_by_the_committer(tmp_path):
+    """A writer actor's read-only manifest whose segments were merged away lists again."""
+    cfg = Config().shards.model_copy(update={"rows_per_shard": 1, "manifest_compact_every": 2,
+                                             "manifest_fanout": 2})
+    committer = open_for_commit(tmp_path, cfg, "h", "v")
+    w = WriterActor(str(tmp_path), cfg)
+    w.setup()
+    for i in range(4):
+        committer.commit(w.write(f"a@{i}", [_row("a", i)], mapped=True))
+    reader = Manifest.open(Store(tmp_path))  # two level-0 segments
+    for i in range(4, 8):
+        committer.commit(w.write(f"a@{i}", [_row("a", i)], mapped=True))  # merged into level 1 and 2
+    assert reader.committed_frames(["a"]) == {"a": set(range(8))}

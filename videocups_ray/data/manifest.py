@@ -45,6 +45,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from videocups_ray.data.shard_codec import SCHEMA_VERSION
@@ -198,6 +199,7 @@ class Manifest:
         self._logs: list[dict] = []  # commit objects newer than the last segment, in order
         self._legacy: dict | None = None
         self._garbage: list[str] = []  # objects covered twice (left by an interrupted compaction)
+        self._cache: dict[str, Any] = {}  # derived views of the current generation (log table, retractions)
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -246,6 +248,7 @@ class Manifest:
             self._garbage = [p.name for p in parts if p.name not in used]
             self._segments = [p for p in cover if not p.is_log]
             self._logs = logs
+            self._cache.clear()
             self.generation = cover[-1].last if cover else 0
             if logs and [f["gen"] for f in logs] != [p.first for p in cover if p.is_log]:
                 raise ShardIntegrityError(f"{self.dir}: a log object holds the wrong generation")
@@ -261,19 +264,37 @@ class Manifest:
         return self.head["code_version"]
 
     def _log_table(self) -> pa.Table:
-        rows = [r for f in self._logs for r in fragment_records(f)]
-        if self._legacy is not None:
-            rows = fragment_records(_legacy_fragment(self._legacy)) + rows
-        return _table(rows)
+        if "log" not in self._cache:
+            rows = [r for f in self._logs for r in fragment_records(f)]
+            if self._legacy is not None:
+                rows = fragment_records(_legacy_fragment(self._legacy)) + rows
+            self._cache["log"] = _table(rows)
+        return self._cache["log"]
 
     def _read(self, columns: list[str], filt: Any = None) -> pa.Table:
-        """Records of every segment and log object (only ``columns``, rows passing ``filt``)."""
+        """Records of every segment and log object (only ``columns``, rows passing ``filt``).
+
+        A segment that vanished since this object listed the folder was merged by the committer
+        (a reader in another process, e.g. a writer actor): list again and read the new cover.
+        """
+        for attempt in range(3):
+            try:
+                return self._read_once(columns, filt)
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
+                self._load()
+        raise AssertionError("unreachable")
+
+    def _read_once(self, columns: list[str], filt: Any) -> pa.Table:
         tables = []
         for p in self._segments:
             path = self.dir.path(p.name)
             try:
                 tables.append(pq.read_table(path, columns=columns, filters=filt, filesystem=self.dir.fs))
             except (OSError, pa.ArrowInvalid) as exc:
+                if self.dir.info(p.name).type == pafs.FileType.NotFound:
+                    raise FileNotFoundError(self.dir.uri(p.name)) from None
                 raise ShardIntegrityError(f"{self.dir.uri(p.name)}: unreadable manifest segment ({exc})") from None
         logt = self._log_table()
         if filt is not None and logt.num_rows:
@@ -281,14 +302,26 @@ class Manifest:
         tables.append(logt.select(columns))
         return pa.concat_tables(tables)
 
+    def _summary(self) -> pa.Table:
+        """Every record without its frame ranges and shard sizes, read once per generation.
+
+        Resume questions (counts per video, file names, retractions, meta) are answered from
+        it with one read of each segment; frame ranges are read per video on demand.
+        """
+        if "summary" not in self._cache:
+            self._cache["summary"] = self._read(["kind", "video_id", "gen", "file", "n", "key", "value"])
+        return self._cache["summary"]
+
+    def _kind(self, *kinds: str) -> pa.Table:
+        t = self._summary()
+        return t.filter(pc.is_in(t.column("kind"), pa.array(list(kinds))))
+
     def committed_files(self) -> set[str]:
-        """Names of every committed shard file (one small column; the debris check on open)."""
-        t = self._read(["file"], pc.field("kind") == "shard")
-        return set(t.column("file").to_pylist()) - self.retracted()
+        """Names of every committed shard file (the debris check on open)."""
+        return set(self._kind("shard").column("file").to_pylist()) - self.retracted()
 
     def retracted(self) -> set[str]:
-        t = self._read(["file"], pc.field("kind") == "retract")
-        return set(t.column("file").to_pylist())
+        return set(self._kind("retract").column("file").to_pylist())
 
     def shards(self, videos: Iterable[str] | None = None) -> list[dict]:
         """Committed shard entries in commit order; ``videos``: only shards holding one of them."""
@@ -299,8 +332,8 @@ class Manifest:
         return _entries(t, self.retracted())
 
     def committed_counts(self) -> dict[str, int]:
-        """Committed frames per video (two small columns of the index; no frame ranges)."""
-        t = self._read(["video_id", "file", "n"], pc.field("kind") == "shard")
+        """Committed frames per video (no frame ranges are read)."""
+        t = self._kind("shard")
         dead = self.retracted()
         if dead:
             t = t.filter(pc.invert(pc.is_in(t.column("file"), pa.array(sorted(dead)))))
@@ -322,18 +355,21 @@ class Manifest:
 
     def meta(self) -> dict:
         """Global meta, with every per-video record folded in as ``meta[key][video_id]``."""
-        t = self._read(["kind", "video_id", "gen", "key", "value"], pc.field("kind").isin(["meta", "vmeta"]))
+        t = self._kind("meta", "vmeta")
+        t = t.append_column("_vmeta", pc.equal(t.column("kind"), "vmeta")).sort_by(
+            [("gen", "ascending"), ("_vmeta", "ascending")])
         out: dict[str, Any] = {}
-        for r in sorted(t.to_pylist(), key=lambda r: (r["gen"], r["kind"] == "vmeta")):
-            value = json.loads(r["value"])
-            if r["kind"] == "meta":
-                out[r["key"]] = value
+        cols = [t.column(c).to_pylist() for c in ("kind", "video_id", "key", "value")]
+        for kind, vid, key, raw in zip(*cols):
+            value = json.loads(raw)
+            if kind == "meta":
+                out[key] = value
                 continue
-            per_video = out.setdefault(r["key"], {})
+            per_video = out.setdefault(key, {})
             if value is None:
-                per_video.pop(r["video_id"], None)
+                per_video.pop(vid, None)
             else:
-                per_video[r["video_id"]] = value
+                per_video[vid] = value
         return out
 
     def as_dict(self) -> dict:
@@ -369,6 +405,7 @@ class Manifest:
                                       "writer; one job per output directory")
         self.generation = frag["gen"]
         self._logs.append(frag)
+        self._cache.clear()
         if len(self._logs) >= self.compact_every:
             self.compact()
         return self.generation
@@ -381,6 +418,7 @@ class Manifest:
             self._write_segment(seg, self._log_table())
             self._segments.append(seg)
             names, self._logs = [f"log-{f['gen']:012d}.json" for f in self._logs], []
+            self._cache.clear()
             self._delete(names)
         while True:
             levels: dict[int, list[_Part]] = {}

@@ -8,17 +8,19 @@ generation lists it. Writing is split in two roles so several writers can share 
   shard files under names no other writer uses (local disk: temp name, fsync, rename; object
   store: one upload). It commits nothing: it hands back each finished shard's entry.
 - the one **committer** of the directory (:class:`ShardWriter` in one process, or the Ray
-  driver for a pool of writers) commits entries to the manifest, one generation per commit.
+  driver for a pool of writers) commits entries to the manifest, one generation per commit,
+  then moves the committed files from ``_pending/`` into the directory (:func:`publish`).
 
 A job killed anywhere leaves committed shards plus debris: ``.tmp`` files and shard files no
-generation lists. The next committer deletes the debris on open; those frames are not
-committed, so they are written again: no frame is lost and none is stored twice.
+generation lists. The next committer deletes the debris on open (and moves committed files
+still under ``_pending/`` into place); those frames are not committed, so they are written
+again: no frame is lost and none is stored twice.
 
 Readers (:func:`read_shards`, :func:`shard_files` for ``ray.data.read_parquet`` and
 ``pyarrow.dataset``, ``read_pseudolabels``) see the committed generations only. A plain
-directory scan never sees a partial file (publication is atomic); between a writer's file and
-its commit, or after a crash until the next run opens the directory, it can see a whole shard
-that is not committed yet, so list files through :func:`shard_files`.
+directory scan (``pyarrow.dataset.dataset(dir)``, ``ray.data.read_parquet(dir)``) sees only
+whole, committed shards: uncommitted ones wait under ``_pending/``, which scanners skip. It can
+lag behind the manifest (a commit whose files are not moved yet), never run ahead of it.
 
 Resume (:meth:`ShardWriter.repair`) verifies the committed shards it relies on against the
 manifest's size and sha256; a damaged or missing shard is retracted (a commit record), moved
@@ -66,22 +68,33 @@ __all__ = ["SHARD_SCHEMA", "CommittedFrames", "ShardFileWriter", "ShardIntegrity
 log = logging.getLogger(__name__)
 
 QUARANTINE = "_quarantine"
+PENDING = "_pending"  # shard files written, not committed yet (dataset scanners skip "_" folders)
 Verify = Literal["checksum", "size", "none"]
 _Store = Store  # the old private name (kept for code that patched it)
 
 
 # --------------------------------------------------------------------------- verification
+def shard_location(store: Store, entry: dict) -> str | None:
+    """Where a committed shard is: its own name, or still under ``_pending/`` (committed, not
+    yet moved into place: the committer died in between); None when it is in neither."""
+    for name in (entry["file"], f"{PENDING}/{entry['file']}"):
+        if store.info(name).is_file:
+            return name
+    return None
+
+
 def check_entry(store: Store, entry: dict, mode: Verify = "checksum") -> str | None:
     """Why a committed shard cannot be trusted (None when it matches the manifest)."""
     if mode == "none":
         return None
-    info = store.info(entry["file"])
-    if not info.is_file:
+    where = shard_location(store, entry)
+    if where is None:
         return "shard listed in the manifest is missing"
-    if info.size != entry["bytes"]:
-        return f"size {info.size} bytes, manifest says {entry['bytes']}"
+    size = store.info(where).size
+    if size != entry["bytes"]:
+        return f"size {size} bytes, manifest says {entry['bytes']}"
     if mode == "checksum":
-        digest = hashlib.sha256(store.read_bytes(entry["file"])).hexdigest()
+        digest = hashlib.sha256(store.read_bytes(where)).hexdigest()
         if digest != entry["sha256"]:
             return (f"sha256 {digest[:12]}... does not match the manifest's {entry['sha256'][:12]}... "
                     "(corrupt or replaced shard)")
@@ -101,7 +114,7 @@ def check_entries(store: Store, entries: list[dict], mode: Verify = "checksum",
 def _read_verified(store: Store, entry: dict) -> bytes:
     reason = check_entry(store, entry, "size")
     if reason is None:
-        data = store.read_bytes(entry["file"])
+        data = store.read_bytes(shard_location(store, entry))
         digest = hashlib.sha256(data).hexdigest()
         if digest == entry["sha256"]:
             return data
@@ -158,8 +171,10 @@ class ShardFileWriter:
     Rows are encoded on ``add`` and serialised a row group at a time into an in-memory Parquet
     file, so the memory held is about one compressed shard, not the decoded frames. Files are
     named ``part-<token>-<seq>.parquet``; ``token`` is unique per writer incarnation, so writers
-    never collide and a rerun never overwrites debris it has not checked. Nothing is committed
-    here: ``add`` / ``flush`` return the entries of finished shards for the committer.
+    never collide and a rerun never overwrites debris it has not checked. They are published
+    under ``_pending/`` (which directory scanners skip); nothing is committed here: ``add`` /
+    ``flush`` return the entries of finished shards, and the committer commits them and moves
+    the files into place (:func:`publish`).
     """
 
     def __init__(self, store: Store, cfg: ShardConfig, token: str | None = None):
@@ -198,7 +213,9 @@ class ShardFileWriter:
         self._sink = self._parquet = None
         name = f"part-{self.token}-{self._seq:06d}.parquet"
         self._seq += 1
-        self.store.write_atomic(name, data)
+        if self._seq == 1:
+            self.store.makedirs(PENDING)
+        self.store.write_atomic(f"{PENDING}/{name}", data)
         keys: dict[str, list[int]] = {}
         for vid, idx in self.pending:
             keys.setdefault(vid, []).append(idx)
@@ -229,6 +246,19 @@ def entry_keys(entry: dict) -> Iterator[tuple[str, int]]:
 
 
 # --------------------------------------------------------------------------- the committer
+def publish(store: Store, entries: Iterable[dict]) -> None:
+    """Move committed shard files from ``_pending/`` into the directory (after their commit).
+
+    A rename on a local disk; a server-side copy on object stores. A committer that dies before
+    this leaves committed files under ``_pending/``: readers find them there, and the next
+    committer moves them (:func:`open_for_commit`).
+    """
+    for e in entries:
+        src = f"{PENDING}/{e['file']}"
+        if store.info(src).is_file:
+            store.move(src, e["file"])
+
+
 def open_for_commit(out: str | os.PathLike | Store, cfg: ShardConfig, config_hash: str,
                     code_version: str) -> Manifest:
     """Open (or create) a directory's manifest as its one committer; removes debris.
@@ -236,7 +266,7 @@ def open_for_commit(out: str | os.PathLike | Store, cfg: ShardConfig, config_has
     Checks the config hash, migrates an old single-file manifest, and deletes ``.tmp`` files and
     shard files no generation lists (left by a killed writer: their frames are written again).
     """
-    store = out if isinstance(out, Store) else Store(out)
+    store = _as_store(out)
     store.makedirs()
     kw = {"compact_every": cfg.manifest_compact_every, "fanout": cfg.manifest_fanout}
     if Manifest.exists(store):
@@ -250,6 +280,14 @@ def open_for_commit(out: str | os.PathLike | Store, cfg: ShardConfig, config_has
         manifest = Manifest.create(store, config_hash, code_version, **kw)
     manifest.collect_garbage()
     committed = manifest.committed_files()
+    for name in store.list_names(PENDING):
+        if name in committed:
+            log.info("%s: moving committed shard %s into place (its committer died before)", store, name)
+            store.move(f"{PENDING}/{name}", name)
+        elif name.endswith(".tmp") or SHARD_NAME.match(name):
+            log.warning("%s: removing %s/%s left by a writer killed before its commit; its frames will be "
+                        "written again", store, PENDING, name)
+            store.delete(f"{PENDING}/{name}")
     for name in store.list_names():
         if name.endswith(".tmp"):
             log.warning("%s: removing temporary file %s left by a killed writer", store, name)
@@ -278,8 +316,9 @@ def retract_damaged(manifest: Manifest, videos: Iterable[str] | None, mode: Veri
     for entry, reason in bad:
         lines.append(f"{store.uri(entry['file'])}: {reason}")
         log.warning("%s; retracting the shard and labelling its %d frames again", lines[-1], entry["rows"])
-        if store.info(entry["file"]).is_file:
-            store.move(entry["file"], f"{QUARANTINE}/{entry['file']}")
+        where = shard_location(store, entry)
+        if where is not None:
+            store.move(where, f"{QUARANTINE}/{entry['file']}")
     manifest.commit(retract=[e["file"] for e, _ in bad])
     return lines
 
@@ -292,9 +331,9 @@ class ShardWriter:
     nothing more (buffered rows are not committed, so a rerun redoes them).
     """
 
-    def __init__(self, out: str | os.PathLike, cfg: ShardConfig, config_hash: str, code_version: str):
+    def __init__(self, out: str | os.PathLike | Store, cfg: ShardConfig, config_hash: str, code_version: str):
         self.cfg, self.config_hash, self.code_version = cfg, config_hash, code_version
-        self._store = Store(out)
+        self._store = _as_store(out)
         self._manifest = open_for_commit(self._store, cfg, config_hash, code_version)
         self._files = ShardFileWriter(self._store, cfg)
         self._committed = CommittedFrames(self._manifest)
@@ -374,6 +413,7 @@ class ShardWriter:
         if entry is None:
             return
         self._manifest.commit([entry])
+        publish(self._store, [entry])
         self._committed.add(entry_keys(entry))
         self.summary.shards += 1
 
@@ -401,14 +441,18 @@ def _disable_broken_fsspec_http() -> None:
         sys.modules[_FSSPEC_HTTP] = None  # type: ignore[assignment]
 
 
-def is_shard_dir(path: str | os.PathLike) -> bool:
+def _as_store(path: str | os.PathLike | Store) -> Store:
+    return path if isinstance(path, Store) else Store(path)
+
+
+def is_shard_dir(path: str | os.PathLike | Store) -> bool:
     """Whether ``path`` holds a shard manifest (the commit log or an old ``manifest.json``)."""
-    return Manifest.exists(Store(path))
+    return Manifest.exists(_as_store(path))
 
 
-def _manifest_dirs(path: str | os.PathLike) -> list[Store]:
+def _manifest_dirs(path: str | os.PathLike | Store) -> list[Store]:
     """The directory itself if it holds a manifest, else its subdirectories that do."""
-    store = Store(path)
+    store = _as_store(path)
     if Manifest.exists(store):
         return [store]
     if not store.is_dir():
@@ -420,12 +464,12 @@ def _manifest_dirs(path: str | os.PathLike) -> list[Store]:
     return subs
 
 
-def read_manifest(path: str | os.PathLike) -> dict:
+def read_manifest(path: str | os.PathLike | Store) -> dict:
     """The whole manifest of one shard directory in one dict (``meta``, ``shards``): O(corpus)."""
-    return Manifest.open(Store(path)).as_dict()
+    return Manifest.open(_as_store(path)).as_dict()
 
 
-def shard_files(path: str | os.PathLike, verify: Verify = "size", workers: int = 4) -> list[str]:
+def shard_files(path: str | os.PathLike | Store, verify: Verify = "size", workers: int = 4) -> list[str]:
     """Committed shard files (local paths or URIs) for ``ray.data.read_parquet`` / ``pyarrow.dataset``.
 
     Only committed files: a stray or uncommitted file in the directory is never read as data.
@@ -441,7 +485,7 @@ def shard_files(path: str | os.PathLike, verify: Verify = "size", workers: int =
             entry, reason = bad[0]
             more = f" (and {len(bad) - 1} more damaged shards)" if len(bad) > 1 else ""
             raise ShardIntegrityError(f"{store.uri(entry['file'])}: {reason}{more}")
-        out.extend(store.uri(e["file"]) for e in entries)
+        out.extend(store.uri(shard_location(store, e) or e["file"]) for e in entries)
     return out
 
 
@@ -450,11 +494,12 @@ def verify_shards(path: str | os.PathLike, workers: int = 4) -> int:
     return len(shard_files(path, verify="checksum", workers=workers))
 
 
-def read_shards(path: str | os.PathLike, *, verify: bool = True, batch_rows: int = 16) -> Iterator[Frame]:
+def read_shards(path: str | os.PathLike | Store, *, verify: bool = True, batch_rows: int = 16) -> Iterator[Frame]:
     """Decoded frames of every committed shard, in commit order (each shard checksummed first)."""
     for store in _manifest_dirs(path):
         for entry in Manifest.open(store).shards():
-            data = _read_verified(store, entry) if verify else store.read_bytes(entry["file"])
+            data = (_read_verified(store, entry) if verify
+                    else store.read_bytes(shard_location(store, entry) or entry["file"]))
             pf = pq.ParquetFile(pa.BufferReader(data))
             what = store.uri(entry["file"])
             n = 0

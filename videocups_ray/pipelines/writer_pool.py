@@ -9,6 +9,8 @@ Commit protocol (exactly once across writer, driver and node failures):
 3. The driver commits the entries it has received, with the metadata queued since the last
    commit (per-video statistics, skipped videos, global meta), as one manifest generation:
    one small object. Nothing else makes a shard visible to readers.
+4. The driver moves the committed files from ``_pending/`` into the directory, so directory
+   scans (``pyarrow.dataset``, ``ray.data.read_parquet`` of the folder) see them too.
 
 A shard file whose entry was not committed (its writer, its node or the driver died first) is
 debris: invisible to readers, deleted and rewritten by the next run. A writer that dies ends
@@ -27,12 +29,13 @@ from videocups_ray.actors.base import FailurePlan, remote_class
 from videocups_ray.actors.writer import SKIPPED_KEY, WriterActor
 from videocups_ray.config import Config
 from videocups_ray.data.shard_store import Store
-from videocups_ray.data.shards import CommittedFrames, open_for_commit, retract_damaged
+from videocups_ray.data.shards import CommittedFrames, open_for_commit, publish, retract_damaged
 from videocups_ray.data.types import DataError
 
 log = logging.getLogger(__name__)
 
-_ACTOR_DIED = ("ActorDiedError", "RayActorError", "ActorUnavailableError", "OwnerDiedError")
+_ACTOR_DIED = ("ActorDiedError", "RayActorError", "ActorUnavailableError", "OwnerDiedError", "OutOfMemoryError",
+               "NodeDiedError", "WorkerCrashedError")  # the writer process is gone
 
 
 class WriterLost(DataError):
@@ -157,6 +160,7 @@ class WriterPool:
         if not (self._entries or self._meta or self._video_meta):
             return None
         gen = self.manifest.commit(self._entries, meta=self._meta, video_meta=self._video_meta)
+        publish(self.manifest.store, self._entries)  # _pending/ -> the directory (a rename locally)
         self.shards += len(self._entries)
         self.commits += 1
         self._entries, self._meta, self._video_meta = [], {}, {}
