@@ -21,12 +21,10 @@ import pytest
 from videocups_ray.actors.base import FailurePlan
 from videocups_ray.config import Config, with_overrides
 from videocups_ray.data.sources import open_source
-from videocups_ray.data.synthdrive import write_synth_dataset
-from videocups_ray.pipelines.pseudolabel import run_local
 from videocups_ray.pipelines.ray_pseudolabel import run_ray
 from videocups_ray.pipelines.stream_service import StreamService
 
-from test_ray_pseudolabel import assert_same_labels, frames_by_key
+from test_ray_pseudolabel import assert_same_labels, frames_by_key, local_corpus
 from test_ray_pseudolabel import tiny_config as ray_tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,10 +47,7 @@ def assert_identical(a: dict, b: dict, keys=None) -> None:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     cfg = tiny_config()
-    root = tmp_path_factory.mktemp("synth")
-    write_synth_dataset(cfg.synth, root, progress=False)
-    local = tmp_path_factory.mktemp("local") / "shards"
-    run_local(cfg, root, local, progress=False)
+    root, local = local_corpus(cfg, tmp_path_factory)
     return cfg, root, local, np.load(local / "centroids.npy")
 
 
