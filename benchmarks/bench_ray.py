@@ -309,6 +309,7 @@ def bench_driver_cpu(tmp: Path, trees: dict[str, str], frames: int, videos: int)
                 raise RuntimeError(f"driver worker ({name}) failed:\n{proc.stderr[-3000:]}")
             res = json.loads(proc.stdout.strip().splitlines()[-1])
             rows.append((f"{h}x{w}", name, res["frames"], res["cpu_ms_per_frame"], res["wall_s"], os.getloadavg()[0]))
+            print("  measured:", rows[-1], flush=True)
     return rows
 
 

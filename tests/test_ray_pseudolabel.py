@@ -50,14 +50,19 @@ def assert_same_labels(a: dict, b: dict, keys=None) -> None:
         assert np.array_equal(a[key].extra["ignore"], b[key].extra["ignore"]), f"{key} ignore differs"
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    cfg = tiny_config()
+def local_corpus(cfg: Config, tmp_path_factory) -> tuple[Path, Path]:
+    """SynthDrive of ``cfg`` on disk and its shards from the local engine (the reference)."""
     root = tmp_path_factory.mktemp("synth")
     write_synth_dataset(cfg.synth, root, progress=False)
     local = tmp_path_factory.mktemp("local") / "shards"
     run_local(cfg, root, local, progress=False)
-    return cfg, root, local
+    return root, local
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    cfg = tiny_config()
+    return (cfg, *local_corpus(cfg, tmp_path_factory))
 
 
 def test_ray_engine_matches_local_bit_for_bit(ray_session, corpus, tmp_path):
