@@ -331,7 +331,7 @@ def evaluate_paths(gt: str | Path, pred: str | Path, *, cfg: EvalConfig, fmt: La
     (:mod:`videocups_ray.data.formats`): ``gt_format`` / ``pred_format`` name the formats
     (``fmt`` sets both at once); None detects each. ``datasets`` holds the readers' options.
 
-    ``pred`` may also be a pseudo-label shard directory (it holds ``manifest.json``), read
+    ``pred`` may also be a pseudo-label shard directory (it holds a shard manifest), read
     with :func:`videocups_ray.data.pseudolabels.read_pseudolabels`.
     """
     from videocups_ray.data.pseudolabels import is_shard_dir, read_pseudolabels
