@@ -20,7 +20,6 @@ from videocups_ray.data.shards import (
     read_manifest,
     read_shards,
     shard_files,
-    verify_shards,
 )
 from videocups_ray.data.formats import open_source
 from videocups_ray.data.types import DataError, Frame
@@ -84,7 +83,7 @@ def test_round_trip_is_exact(tmp_path, codec):
     assert [e["rows"] for e in manifest["shards"]] == [2, 2, 1]
     assert manifest["shards"][0]["keys"] == {"vid": [[0, 1]]}
     assert (manifest["config_hash"], manifest["code_version"], manifest["generation"]) == ("h1", "test", 3)
-    assert verify_shards(tmp_path) == 3
+    assert len(shard_files(tmp_path, verify="checksum")) == 3
     import pyarrow.parquet as pq
 
     assert pq.read_schema(shard_files(tmp_path)[0]).remove_metadata().equals(SHARD_SCHEMA.remove_metadata())
@@ -170,7 +169,7 @@ def test_checksum_mismatch_and_missing_shard_name_the_file(tmp_path):
     with pytest.raises(ShardIntegrityError, match=rf"{name}: sha256 .* does not match"):
         list(read_shards(tmp_path))
     with pytest.raises(ShardIntegrityError, match=name):
-        verify_shards(tmp_path)
+        shard_files(tmp_path, verify="checksum")
     shard_files(tmp_path)  # the default check is size only: same size passes
     target.unlink()
     with pytest.raises(ShardIntegrityError, match=rf"{name}: shard listed in the manifest is missing"):

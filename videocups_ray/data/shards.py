@@ -30,12 +30,10 @@ to ``_quarantine/``, and its frames are labelled again.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import io
 import json
 import logging
 import os
-import sys
 import uuid
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -63,7 +61,7 @@ from videocups_ray.data.types import DataError, Frame
 
 __all__ = ["SHARD_SCHEMA", "CommittedFrames", "ShardFileWriter", "ShardIntegrityError", "ShardWriter",
            "WriteSummary", "decode_batch", "frames_to_shards", "is_shard_dir", "open_for_commit",
-           "read_manifest", "read_shards", "shard_files", "verify_shards"]
+           "read_manifest", "read_shards", "shard_files"]
 
 log = logging.getLogger(__name__)
 
@@ -419,28 +417,6 @@ class ShardWriter:
 
 
 # --------------------------------------------------------------------------- readers
-_FSSPEC_HTTP = "fsspec.implementations.http"
-
-
-def _disable_broken_fsspec_http() -> None:
-    """Work around a race that makes ``ray.data.read_parquet`` of several files fail here.
-
-    ``ray[data]`` installs fsspec but not aiohttp, so ``fsspec.implementations.http`` cannot
-    import. Ray probes it from several listing threads at once, and a thread that sees another
-    thread's half-imported module gets ``ImportError`` instead of the ``ModuleNotFoundError``
-    Ray catches. Marking the module absent makes every probe fail the way Ray expects. HTTP
-    storage cannot work without aiohttp anyway, so nothing that worked stops working.
-    """
-    if _FSSPEC_HTTP in sys.modules:
-        return
-    try:
-        importlib.import_module(_FSSPEC_HTTP)
-    except ImportError as exc:
-        log.info("fsspec HTTP filesystem unavailable (%s); marking it absent so Ray Data's "
-                 "parallel file listing does not race on its import", exc)
-        sys.modules[_FSSPEC_HTTP] = None  # type: ignore[assignment]
-
-
 def _as_store(path: str | os.PathLike | Store) -> Store:
     return path if isinstance(path, Store) else Store(path)
 
@@ -476,7 +452,6 @@ def shard_files(path: str | os.PathLike | Store, verify: Verify = "size", worker
     ``verify``: ``"size"`` checks presence and size, ``"checksum"`` also the sha256 (reads each
     file once; ``workers`` threads); the first damaged shard raises ShardIntegrityError naming it.
     """
-    _disable_broken_fsspec_http()
     out = []
     for store in _manifest_dirs(path):
         entries = Manifest.open(store).shards()
@@ -487,11 +462,6 @@ def shard_files(path: str | os.PathLike | Store, verify: Verify = "size", worker
             raise ShardIntegrityError(f"{store.uri(entry['file'])}: {reason}{more}")
         out.extend(store.uri(shard_location(store, e) or e["file"]) for e in entries)
     return out
-
-
-def verify_shards(path: str | os.PathLike, workers: int = 4) -> int:
-    """Check every committed shard's size and sha256; returns the number of shards checked."""
-    return len(shard_files(path, verify="checksum", workers=workers))
 
 
 def read_shards(path: str | os.PathLike | Store, *, verify: bool = True, batch_rows: int = 16) -> Iterator[Frame]:
