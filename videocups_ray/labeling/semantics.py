@@ -70,7 +70,11 @@ def normalize_rows(x: np.ndarray, what: str = "features") -> np.ndarray:
 
 def _keep_worst(feats: np.ndarray, sims: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
     # Stable sort on (similarity, then the feature values) so ties break the same way however
-    # the data was split across workers.
+    # the data was split across workers. Only rows whose similarity is at most the m-th smallest
+    # can be kept, so the C+1-key lexsort runs on those (ties included): same rows, same order.
+    if len(sims) > m:
+        cand = np.flatnonzero(sims <= np.partition(sims, m - 1)[m - 1])
+        feats, sims = feats[cand], sims[cand]
     keys = [feats[:, c] for c in range(feats.shape[1] - 1, -1, -1)] + [sims]
     order = np.lexsort(keys)[:m]
     return feats[order], sims[order]
@@ -86,8 +90,9 @@ def partial_stats(features: np.ndarray, centroids: np.ndarray) -> KMeansStats:
     sims = feats @ cents.T
     assign = np.argmax(sims, axis=1)
     best = sims[np.arange(len(feats)), assign]
-    sums = np.zeros((k, c), np.float64)
-    np.add.at(sums, assign, feats)
+    # per-channel bincount: the same sequential sums as np.add.at, bit for bit, ~10x faster
+    ft = np.ascontiguousarray(feats.T)
+    sums = np.stack([np.bincount(assign, weights=ft[j], minlength=k) for j in range(c)], axis=1)
     counts = np.bincount(assign, minlength=k).astype(np.int64)
     worst, worst_sim = _keep_worst(feats, best, k)
     return KMeansStats(sums, counts, float((1.0 - best).sum()), worst, worst_sim)
