@@ -16,20 +16,20 @@ EPE on non-occluded pixels against zero flow, depth AbsRel on static and on movi
 motion-mask IoU at p > 0.5), and the gap tuning - test. Cues are computed once per split and
 cue config and shared by the labeling variants.
 
-``--ablation``: the geometric class evidence of the handmade descriptor (``FeatureConfig``
-``weight_geometry`` (distance, Y, slope, invalid) / ``weight_height`` / ``weight_normal`` /
-``weight_sky`` / ``weight_column``), each part toggled from the default, all at weight 1, and
-none. The variant is chosen by STQ on the tuning split only; the chosen variant and the
-default are then reported on the test split and KITTI (the choice never looks at them).
+``--ablation``: the semantic evidence of the handmade descriptor, what each part adds: distance
+(``weight_geometry``), image row and column position, height above the ground plane, surface
+orientation, sky, and the DepthG-style depth-guided aggregation (``depth_guide_sigma``), each
+toggled from the default, appearance only, and all parts; every variant on tuning, test and
+KITTI, printed as one table. The tuning-STQ maximum is printed as the choice; a part goes on
+by default only if it helps on tuning and holds on test.
 
 ``--labeling-ablations``: the paper's labeling ablations (issue 6) with oracle and default cues
 on the tuning split.
 
 Sizes: ``--quick`` 3 x 24 frames at 256x512 per split; the full run 6 x 30. Everything is
 printed with the load average (the quick split table took ~45 min at load average 45-55 on the
-2-core development machine, most of it the two KITTI runs at 375x1242). On a loaded machine the
-ablation can be split over processes: ``--variants`` (tuning only) and ``--report`` (test and
-KITTI only); the choice is still the tuning-STQ maximum.
+2-core development machine, most of it the two KITTI runs at 375x1242). ``--variants`` runs a
+subset of the ablation.
 
 ``--labeling-ablations`` also times the labeling step alone (cues given) with the Numba kernels
 against the plain numpy reference kernels on the same frames, in the same run.
@@ -64,8 +64,6 @@ ROOT = Path(__file__).resolve().parents[1]
 KITTI = ROOT.parent / "shared" / "data" / "kitti_step_0001"
 PRESET = ROOT / "configs" / "pseudolabel" / "synthdrive_256x512.yaml"
 KITTI_OVERRIDES = {"cues": {"depth": {"focal": 721.5}}, "labeling": {"kmeans_frames_per_video": 9}}
-# "geometry" = the earlier depth group (log depth, Y below the camera, slope, invalid depth)
-GEOMETRY_PARTS = ("geometry", "height", "normal", "sky", "column")
 LABELING_ABLATIONS = {
     "full": {},
     "no tracking (per-frame IDs)": {"tracking": False},
@@ -83,14 +81,28 @@ def configs() -> dict[str, Config]:
 
 
 def ablation_variants(base: Config) -> dict[str, dict]:
-    """Feature overrides of the geometry ablation: each part toggled from the default (added at
-    weight 1 when off, removed when on), all new parts together, and no geometry at all."""
+    """Feature overrides of the semantic-evidence ablation (issue 13). Parts: distance (the
+    depth group ``weight_geometry``: log depth, Y, slope, invalid), image position (row
+    ``weight_position``, column ``weight_column``), height above the ground plane, orientation
+    (normals), sky, and the DepthG-style depth-guided aggregation (``depth_guide_sigma``).
+    Each part is toggled from the default; "appearance only" drops every geometric and position
+    channel; "all" turns every part on."""
     fc = base.cues.features
-    cur = {p: getattr(fc, f"weight_{p}") for p in GEOMETRY_PARTS}
-    out: dict[str, dict] = {"default": {}, "no geometric evidence": {f"weight_{p}": 0.0 for p in GEOMETRY_PARTS}}
-    for p, w in cur.items():
-        out[f"{'-' if w > 0 else '+'}{p}"] = {f"weight_{p}": 0.0 if w > 0 else 1.0}
-    out["all parts at 1"] = {f"weight_{p}": 1.0 for p in GEOMETRY_PARTS}
+    off = {"weight_geometry": 0.0, "weight_position": 0.0, "weight_column": 0.0,
+           **{f"weight_{p}": 0.0 for p in ("height", "normal", "sky")}, "depth_guide_sigma": 0.0}
+    toggles = {"distance": ("weight_geometry", 1.0), "row position": ("weight_position", 1.0),
+               "column position": ("weight_column", 1.0), "height": ("weight_height", 1.0),
+               "orientation": ("weight_normal", 1.0), "sky": ("weight_sky", 1.0),
+               "depth-guided 0.3": ("depth_guide_sigma", 0.3), "depth-guided 0.6": ("depth_guide_sigma", 0.6)}
+    out: dict[str, dict] = {"default": {}, "appearance only": off}
+    for name, (field, on) in toggles.items():
+        cur = getattr(fc, field)
+        if name.startswith("depth-guided") and cur > 0:
+            continue
+        out[f"{'-' if cur > 0 else '+'}{name}"] = {field: 0.0 if cur > 0 else on}
+    out["all parts"] = {f: 1.0 for f in ("weight_geometry", "weight_position", "weight_column", "weight_height",
+                                        "weight_normal", "weight_sky")} | {"depth_guide_sigma": 0.3}
+    out["all parts unguided"] = out["all parts"] | {"depth_guide_sigma": 0.0}
     return out
 
 
@@ -234,43 +246,36 @@ def cached_cues(cfg: Config, split: str, quick: bool) -> tuple:
     return source, compute_cues(cfg, source)[0]
 
 
-def bench_ablation(base: Config, out: Path, quick: bool, kitti: bool, *, only: list[str] | None = None,
-                   report: str | None = None) -> dict:
-    """Geometry-evidence ablation: choose on tuning by STQ, report the choice on test and KITTI.
-
-    ``only``: run just these variants on tuning (no choice); ``report``: skip tuning and run this
-    variant on test (+ KITTI). Together they split the ablation over parallel processes; the
-    choice is still the tuning-STQ maximum over all variants.
-    """
+def bench_ablation(base: Config, out: Path, quick: bool, kitti: bool, *, only: list[str] | None = None) -> dict:
+    """Semantic-evidence ablation on tuning, test and KITTI (cues computed once per set, features
+    recomputed per variant). The choice is the tuning-STQ maximum; test and KITTI are printed
+    next to it and never enter the choice. ``only``: a subset of variants (names as printed)."""
     variants = ablation_variants(base)
-    results: dict = {}
-    if report is None:
-        source, cues0 = cached_cues(base, "tuning", quick)
-        print(f"\n[ablation] geometric class evidence, labeling config = default CLI   {load()}")
-        print(f"  {'variant':26s} {'tuning':>18s}")
-        for name in only or list(variants):
-            fo = variants[name]
-            cfg = with_overrides(base, cues={"features": fo})
-            cues = cues0 if not fo else refeature(cfg, cues0)
-            results[("tuning", name)] = label(cfg, source, cues, out / "ablation" / "tuning" / name.replace(" ", "_"))
-            print(f"  {name:26s} {fmt(results[('tuning', name)])}   {load()}", flush=True)
-        if only:
-            return results
-        report = max(variants, key=lambda v: results[("tuning", v)]["STQ"])
-        print(f"  chosen on tuning: {report!r}")
-        # the default config's test / KITTI numbers are the "default CLI" rows of the split
-        # table (the same config); only a different choice is run again here
-        if report == "default":
-            return results
-    cfg = with_overrides(base, cues={"features": variants[report]})
-    source, cues0 = cached_cues(base, "test", quick)
-    cues = cues0 if not variants[report] else refeature(cfg, cues0)
-    results[("test", report)] = label(cfg, source, cues, out / "ablation" / "test" / report.replace(" ", "_"))
-    print(f"  {report:26s} test  {fmt(results[('test', report)])}   {load()}", flush=True)
+    names = only or list(variants)
+    sets = {"tuning": (base, cached_cues(base, "tuning", quick)),
+            "test": (base, cached_cues(base, "test", quick))}
     if kitti:
-        results[("kitti", report)] = label(with_overrides(cfg, **KITTI_OVERRIDES), kitti_source(), None,
-                                           out / "ablation" / "kitti" / report.replace(" ", "_"))
-        print(f"  {report:26s} KITTI {fmt(results[('kitti', report)])}   {load()}", flush=True)
+        kcfg = with_overrides(base, **KITTI_OVERRIDES)
+        ksrc = kitti_source()
+        sets["kitti"] = (kcfg, (ksrc, compute_cues(kcfg, ksrc)[0]))
+    results: dict = {}
+    print(f"\n[ablation] semantic evidence, labeling config = default CLI   {load()}")
+    for name in names:
+        fo = variants[name]
+        for split, (cfg0, (source, cues0)) in sets.items():
+            cfg = with_overrides(cfg0, cues={"features": fo})
+            cues = cues0 if not fo else refeature(cfg, cues0)
+            results[(split, name)] = label(cfg, source, cues, out / "ablation" / split / name.replace(" ", "_"))
+        print(f"  {name:26s} " + " ".join(fmt(results[(s, name)]) for s in sets) + f"   {load()}", flush=True)
+    ref = "default" if "default" in names else names[0]
+    print(f"\nAblation summary (STQ / AQ / SQ in %; d = STQ change vs {ref!r})")
+    print(f"  {'variant':26s}" + "".join(f"{s:>18s}{'d':>6s}" for s in sets))
+    for name in names:
+        cells = "".join(f"{fmt(results[(s, name)])}{100 * (results[(s, name)]['STQ'] - results[(s, ref)]['STQ']):+6.1f}"
+                        for s in sets)
+        print(f"  {name:26s}{cells}")
+    best = max(names, key=lambda v: results[("tuning", v)]["STQ"])
+    print(f"  chosen on tuning (STQ): {best!r}")
     return results
 
 
@@ -307,8 +312,7 @@ def main() -> None:
     ap.add_argument("--skip-kitti", action="store_true")
     ap.add_argument("--skip-splits", action="store_true", help="only the requested ablations")
     ap.add_argument("--ablation", action="store_true", help="geometric-evidence ablation (see module doc)")
-    ap.add_argument("--variants", help="ablation: comma-separated variant names to run on tuning only")
-    ap.add_argument("--report", help="ablation: run this (tuning-chosen) variant on test and KITTI only")
+    ap.add_argument("--variants", help="ablation: comma-separated subset of the variant names")
     ap.add_argument("--labeling-ablations", action="store_true", help="issue 6's labeling ablations")
     ap.add_argument("--json", default=None, help="also write all results to this JSON file")
     args = ap.parse_args()
@@ -321,8 +325,7 @@ def main() -> None:
     if args.ablation:
         results.update({(s, "ablation: " + n): r for (s, n), r in
                         bench_ablation(Config(), out, args.quick, not args.skip_kitti,
-                                       only=args.variants.split(",") if args.variants else None,
-                                       report=args.report).items()})
+                                       only=args.variants.split(",") if args.variants else None).items()})
     if args.labeling_ablations:
         bench_labeling_ablations(configs()["preset 256x512"], out, args.quick)
     if args.json:

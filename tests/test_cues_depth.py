@@ -140,3 +140,16 @@ def test_ground_contact_cue_finds_things_moving_along_the_epipolar_lines():
     assert recall_on > recall_off + 0.2, (recall_off, recall_on)
     assert false_on < 0.05
     assert np.isfinite(on.depth).all() and 0 <= on.motion_prob.min() and on.motion_prob.max() <= 1
+
+
+def test_median5_equals_scipy_median_filter():
+    """The motion-probability median runs on OpenCV; it must equal scipy's (reflect borders)."""
+    from scipy import ndimage
+
+    from videocups_ray.cues.depth import median5
+
+    rng = np.random.default_rng(0)
+    for shape in ((64, 96), (5, 5), (3, 7), (1, 1)):
+        x = rng.random(shape).astype(np.float32)
+        x[x < 0.3] = 0.0  # ties, as in a clipped probability
+        assert np.array_equal(median5(x), ndimage.median_filter(x, size=5)), shape

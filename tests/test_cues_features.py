@@ -150,3 +150,31 @@ def test_geometric_evidence_separates_ground_facade_sky(frame):
     assert est.channels == 56 and build_features(FeatureConfig()).channels == 45
     assert np.abs(est([frame], depth=depth[None], K=K).high[0][-11:]).max() > 0
     assert est(frame.image[None]).high.shape[1] == 56  # no depth: the same channels, zero
+
+
+def test_depth_guided_blur_pools_within_a_surface_only():
+    """Joint-bilateral context (DepthG-style fusion): a flat guide gives the plain Gaussian; a depth
+    step stops the pooling, so a car's colour does not bleed into the road beside it."""
+    from videocups_ray.cues.features import _blur, guided_blur
+
+    rng = np.random.default_rng(0)
+    x = rng.random((32, 64, 5)).astype(np.float32)
+    np.testing.assert_allclose(guided_blur(x, np.zeros((32, 64), np.float32), 3.0, 0.3), _blur(x, 3.0), atol=1e-5)
+    guide = np.zeros((32, 64), np.float32)
+    guide[:, 32:] = np.log(20.0)  # a surface 20x further away on the right half
+    step = np.zeros((32, 64, 1), np.float32)
+    step[:, 32:] = 1.0
+    plain, guided = _blur(step, 6.0).reshape(32, 64), guided_blur(step, guide, 6.0, 0.3)[..., 0]
+    assert plain[:, 31].min() > 0.3  # the plain Gaussian mixes the two surfaces at the edge
+    assert guided[:, :32].max() < 1e-3 and guided[:, 32:].min() > 0.999
+
+
+def test_depth_guide_keeps_the_descriptor_contract(frame):
+    depth = np.where(frame.depth > 0, frame.depth, 0)[None]
+    plain = build_features(FeatureConfig())([frame], depth=depth, K=frame.extra["K"])
+    est = build_features(FeatureConfig(depth_guide_sigma=0.3))
+    fe = est([frame], depth=depth, K=frame.extra["K"])
+    assert est.channels == 45 and fe.high.shape == plain.high.shape
+    np.testing.assert_allclose(np.linalg.norm(fe.high, axis=1), 1.0, atol=1e-4)
+    assert np.abs(fe.high - plain.high).max() > 0.05  # the guide changes the context channels
+    assert np.allclose(est([frame]).high, build_features(FeatureConfig())([frame]).high)  # no depth: no guide

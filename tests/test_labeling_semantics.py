@@ -118,3 +118,23 @@ def test_crf_flag_smooths_isolated_pixels():
     smooth = SemanticLabeler(cents, cfg.model_copy(update={"crf": True, "crf_sigma": 1.5}))(feats, feats, depth)
     assert plain[10, 10] == 1 and smooth[10, 10] == 0
     assert (smooth[14:26, 14:26] == 1).all()
+
+
+def test_partial_stats_fast_paths_match_the_plain_definitions():
+    """Per-cluster sums (bincount) equal np.add.at bit for bit; the worst-point preselection keeps
+    the same rows in the same order as a full lexsort, ties included."""
+    from videocups_ray.labeling.semantics import _keep_worst, normalize_rows
+
+    x, _ = blobs(200, 5, 7, seed=4)
+    cents = init_centroids(x, 5, seed=0)
+    st = partial_stats(x, cents)
+    feats = normalize_rows(x)
+    assign = np.argmax(feats @ cents.T, axis=1)
+    sums = np.zeros_like(st.sums)
+    np.add.at(sums, assign, feats)
+    assert np.array_equal(st.sums, sums)
+    sims = np.round(np.random.default_rng(1).random(len(feats)), 1)  # many ties
+    for m in (1, 5, 40, 5000):
+        order = np.lexsort([feats[:, c] for c in range(6, -1, -1)] + [sims])[:m]
+        w, ws = _keep_worst(feats, sims, m)
+        assert np.array_equal(w, feats[order]) and np.array_equal(ws, sims[order])

@@ -143,6 +143,9 @@ class FeatureConfig(_Section):
     weight_normal: float = Field(0.0, ge=0)  # depth-derived normals: horizontal (road) vs vertical (facade)
     weight_sky: float = Field(0.0, ge=0)  # no valid depth / far clip (no parallax), towards the frame top
     weight_column: float = Field(0.0, ge=0)  # distance from the image's vertical centre line
+    # DepthG-style fusion: context and smoothing pool only over similar log depth (range sigma,
+    # log-depth units: 0.3 ~ +-35 % depth); 0 = plain Gaussians (no depth guidance)
+    depth_guide_sigma: float = Field(0.0, ge=0)
     max_depth: float = Field(80.0, gt=0)  # metres; depth at/over 0.95x this counts as sky (= cues.depth.max_depth)
     checkpoint: str | None = None
     device: str = "cpu"

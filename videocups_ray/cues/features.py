@@ -18,6 +18,12 @@ Backends (``FeatureConfig.backend``):
     depth-derived surface normals (horizontal road vs vertical facades), sky (no valid depth
     or far clip, towards the top), and the column's distance from the image centre.
 
+  * depth-guided aggregation (``depth_guide_sigma > 0``; DepthG-style fusion of depth into the
+    feature correlation, without a learned head): the colour/texture context and the final
+    smoothing become joint-bilateral, weighted by ``exp(-(log d_x - log d_y)^2 / 2 s^2)``, so
+    a pixel pools appearance from its own surface (road under a car, not the car; a facade,
+    not the sky above it) and features of pixels at similar depth correlate (:func:`guided_blur`).
+
   Per-frame z-scoring (a diagonal whitening) makes exposure and scene-wide colour casts cancel;
   a pixel's vector is then smoothed over ``smooth_sigma`` (semantics is regional, the per-pixel
   texture is noisy) and L2-normalised. All channels are scalars that a horizontal flip only
@@ -82,11 +88,49 @@ def _blur(x: np.ndarray, sigma: float) -> np.ndarray:
     return cv2.GaussianBlur(x, (0, 0), sigma) if sigma > 0 else x
 
 
-def _with_context(x: np.ndarray, sigmas: Sequence[float]) -> np.ndarray:
-    """``x`` (h x w x c) blurred at every radius, concatenated on the channel axis (h x w x c*len)."""
+def guided_blur(x: np.ndarray, guide: np.ndarray | None, sigma: float, range_sigma: float) -> np.ndarray:
+    """Joint-bilateral Gaussian of ``x`` (h x w [x c]) guided by ``guide`` (h x w, log depth).
+
+    Piecewise-linear approximation (Durand & Dorsey 2002): the guide's range is cut into levels
+    ``range_sigma`` apart; at each level a normalised Gaussian of ``x`` weighted by the range
+    kernel, and every pixel linearly interpolates the two levels around its own guide value.
+    Cost: one spatial blur of ``c + 1`` channels per level (<= 8, so levels may be wider than ``range_sigma``). ``guide`` None or
+    ``range_sigma`` 0: the plain Gaussian.
+    """
+    if guide is None or not range_sigma > 0 or not sigma > 0:
+        return _blur(x, sigma)
+    g = guide.astype(np.float32)
+    lo, hi = float(g.min()), float(g.max())
+    levels = int(min(8, max(2, np.ceil((hi - lo) / range_sigma) + 1)))
+    step = max((hi - lo) / (levels - 1), 1e-6)
+    x3 = x.reshape(*x.shape[:2], -1).astype(np.float32)
+    out = np.zeros_like(x3)
+    for c in lo + step * np.arange(levels, dtype=np.float32):
+        w = np.exp(-0.5 * ((g - c) / range_sigma) ** 2).astype(np.float32)
+        num = _blur(x3 * w[..., None], sigma).reshape(x3.shape)
+        den = _blur(w, sigma)
+        tent = np.maximum(0.0, 1.0 - np.abs(g - c) / step).astype(np.float32)
+        out += (tent / np.maximum(den, 1e-6))[..., None] * num
+    return out.reshape(x.shape)
+
+
+def _with_context(x: np.ndarray, sigmas: Sequence[float], guide: np.ndarray | None = None,
+                  range_sigma: float = 0.0) -> np.ndarray:
+    """``x`` (h x w x c) blurred at every radius (depth-guided when ``guide`` is given and
+    ``range_sigma > 0``), concatenated on the channel axis (h x w x c*len)."""
     if not sigmas:
         return np.zeros((*x.shape[:2], 0), np.float32)
-    return np.concatenate([_blur(x, s).reshape(*x.shape[:2], -1) for s in sigmas], axis=-1)
+    return np.concatenate([guided_blur(x, guide, s, range_sigma).reshape(*x.shape[:2], -1) for s in sigmas],
+                          axis=-1)
+
+
+def _log_depth_guide(depth: np.ndarray | None, out_hw: tuple[int, int], max_depth: float) -> np.ndarray | None:
+    """Log depth pooled to ``out_hw`` (invalid = ``max_depth``): the range guide of :func:`guided_blur`."""
+    if depth is None:
+        return None
+    h, w = out_hw
+    d = cv2.resize(depth, (w, h), interpolation=cv2.INTER_AREA)
+    return np.log(np.clip(np.where(d > 0, d, max_depth), 0.5, max_depth)).astype(np.float32)
 
 
 def _colour(image: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
@@ -210,8 +254,10 @@ def handmade_descriptor(image: np.ndarray, depth: np.ndarray | None, out_hw: tup
     # line the sides of a road scene
     cols = np.abs(((np.arange(w, dtype=np.float32) + 0.5) / w - 0.5) * 2.0)
     column = np.broadcast_to(cols[None, :, None], (h, w, 1))
-    groups = [(colour, cfg.weight_colour), (_with_context(colour, sig), cfg.weight_colour),
-              (texture, cfg.weight_texture), (_with_context(texture, sig), cfg.weight_texture),
+    guide = _log_depth_guide(depth, out_hw, cfg.max_depth) if cfg.depth_guide_sigma > 0 else None
+    rs = cfg.depth_guide_sigma
+    groups = [(colour, cfg.weight_colour), (_with_context(colour, sig, guide, rs), cfg.weight_colour),
+              (texture, cfg.weight_texture), (_with_context(texture, sig, guide, rs), cfg.weight_texture),
               (position, cfg.weight_position), (column, cfg.weight_column)]
     if depth is not None:
         region = max(sig) if sig else 4.0
@@ -223,7 +269,7 @@ def handmade_descriptor(image: np.ndarray, depth: np.ndarray | None, out_hw: tup
     if depth is None:
         extra = sum(_EVIDENCE_CHANNELS.values()) if uses_evidence(cfg) else 0
         parts.append(np.zeros((h, w, _GEOMETRY_CHANNELS + extra), np.float32))
-    feat = _blur(np.concatenate(parts, axis=-1).astype(np.float32), cfg.smooth_sigma)
+    feat = guided_blur(np.concatenate(parts, axis=-1).astype(np.float32), guide, cfg.smooth_sigma, rs)
     feat = feat.reshape(h, w, -1)
     feat /= np.maximum(np.linalg.norm(feat, axis=-1, keepdims=True), 1e-6)
     return np.ascontiguousarray(feat.transpose(2, 0, 1))
