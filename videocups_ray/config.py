@@ -239,6 +239,9 @@ class ActorResources(_Section):
     num_gpus: float = Field(0.0, ge=0)  # fractional allowed
     memory: int = Field(0, ge=0)  # bytes reserved for the scheduler; 0 = not declared
     replicas: int = Field(1, ge=1)  # pool size
+    # custom Ray resources per actor, e.g. {"gpu_memory_gb": 8} (nodes that declare it) or
+    # {"node_type:gpu-a100": 0.01} (pin to one node group); {} = none
+    resources: dict[str, float] = Field(default_factory=dict)
 
 
 class RayConfig(_Section):
