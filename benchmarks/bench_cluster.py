@@ -99,15 +99,18 @@ class Sampler:
     def _run(self) -> None:
         from ray._private import state
 
-        t_mark = 0.0
+        t_mark, t_count = 0.0, float("inf")
         while not self._stop.wait(self.period_s):
             self.store_hwm = max(self.store_hwm, sum(_plasma_bytes(p) for p in self._raylets))
             self.spilled = max(self.spilled, _spilled_bytes(self.cluster.temp_dir))
             if self.pass2_cpu is None:
-                actors = [a for a in state.actors().values() if a["State"] == "ALIVE"]
-                if any(a["ActorClassName"] == "TrackerActor" for a in actors):
+                if any(a["State"] == "ALIVE" and a["ActorClassName"] == "TrackerActor"
+                       for a in state.actors().values()):
                     self.pass2_cpu, t_mark = time.process_time(), time.thread_time()
-                    self._count(actors)
+                    t_count = time.monotonic() + 1.0  # every tracker is up by then
+            elif time.monotonic() > t_count:
+                self._count([a for a in state.actors().values() if a["State"] == "ALIVE"])
+                t_count = float("inf")
         self.thread_cpu_from_pass2 = time.thread_time() - t_mark if self.pass2_cpu is not None else 0.0
 
     def _count(self, actors: list[dict]) -> None:
@@ -340,7 +343,7 @@ def print_hetero(r: dict, cost_ms: float) -> None:
     print(f"frames/s {r['fps']:.1f} of ideal {r['ideal']:.0f} (efficiency {r['efficiency']:.2f}), driver CPU "
           f"{r['driver_ms_per_frame']:.2f} ms/frame, store HWM {r['store_peak_mib']:.1f} MiB, spilled "
           f"{r['spilled_mib']:.1f} MiB, host CPU {r['host_cpu']:.0%}, load {r['load']:.1f}")
-    print("actors by node type (sampled mid-run):")
+    print("actors by node type (sampled 1 s into pass 2):")
     for (cls, ntype), n in sorted(r["placement"].items()):
         print(f"  {cls:<14}{ntype:<12}{n}")
 
