@@ -241,7 +241,13 @@ class ActorResources(_Section):
     num_cpus: float = Field(0.5, ge=0)  # small and explicit (2-core hang trap)
     num_gpus: float = Field(0.0, ge=0)  # fractional allowed
     memory: int = Field(0, ge=0)  # bytes reserved for the scheduler; 0 = not declared
-    replicas: int = Field(1, ge=1)  # pool size
+    replicas: int = Field(1, ge=1)  # pool size (the minimum when max_replicas is larger)
+    # flow, features (corpus engine): the pool grows up to this many actors while calls back up,
+    # and shrinks back to replicas when idle (pipelines/pool_autoscaler.py); 0 = fixed at replicas
+    max_replicas: int = Field(0, ge=0)
+    # custom Ray resources per actor, e.g. {"gpu_memory_gb": 8} (nodes that declare it) or
+    # {"node_type:gpu-a100": 0.01} (pin to one node group); {} = none
+    resources: dict[str, float] = Field(default_factory=dict)
 
 
 class RayConfig(_Section):
@@ -262,6 +268,8 @@ class RayConfig(_Section):
     max_restarts: int = Field(3, ge=0)  # actor restarts before a chunk is failed
     chunk_overlap: int = Field(2, ge=2)  # frames shared by consecutive chunks (vote window + ID stitching)
     max_chunk_attempts: int = Field(3, ge=1)  # tries of one chunk (tracker/depth state lost) before it is skipped
+    autoscale_backlog: float = Field(2.0, gt=0)  # calls in flight per actor above which a cue pool grows (max_replicas)
+    autoscale_idle_s: float = Field(5.0, ge=0)  # seconds with fewer calls than actors before a grown pool shrinks by one
 
 
 class StreamConfig(_Section):

@@ -104,6 +104,8 @@ def remote_options(res: ActorResources, *, max_restarts: int = 0) -> dict:
     opts: dict = {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus, "max_restarts": max_restarts}
     if res.memory:
         opts["memory"] = res.memory
+    if res.resources:
+        opts["resources"] = dict(res.resources)
     if max_restarts:
         opts["max_task_retries"] = max_restarts
     return opts

@@ -9,11 +9,13 @@ mis-shaped keys.
 from __future__ import annotations
 
 from pathlib import Path
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from videocups_ray.cues.base import Estimator
 from videocups_ray.data.checkpoints import CheckpointError, load_state_strict, read_state_dict, save_state_dict
+
+if TYPE_CHECKING:  # annotations only (see data/checkpoints.py)
+    from torch import nn
 
 __all__ = ["CheckpointError", "NetEstimator", "load_checkpoint", "read_state_dict", "require_checkpoint",
            "save_checkpoint"]

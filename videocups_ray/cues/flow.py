@@ -19,8 +19,6 @@ from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from videocups_ray.cues.base import (
     Estimator,
@@ -33,7 +31,9 @@ from videocups_ray.cues.base import (
 from videocups_ray.cues.checkpoints import NetEstimator, load_checkpoint, require_checkpoint
 from videocups_ray.data.types import DataError
 
-if TYPE_CHECKING:  # config types only: the pure path imports without pydantic (gpu_check.py)
+if TYPE_CHECKING:  # config types only: the pure path imports without pydantic (gpu_check.py); torch
+    import torch  # where RAFT runs: weight-free backends' actors start seconds faster without it
+
     from videocups_ray.config import FlowConfig
 
 log = logging.getLogger(__name__)
@@ -117,6 +117,7 @@ def raft_tiny(*, weights: None = None, progress: bool = False) -> torch.nn.Modul
     """RAFT of torchvision's blocks at about a quarter of ``raft_small``'s width (0.25 M weights),
     for self-supervised training on CPU (``videocups train-cues flow``); same 1/8 correlation
     pyramid (4 levels, radius 3), so frames need a min side of 128 px as for the others."""
+    import torch
     from torchvision.models.optical_flow.raft import BottleneckBlock, _raft
 
     if weights is not None:
@@ -167,17 +168,22 @@ class RaftFlow(NetEstimator):
         return cls(net, iters=cfg.raft_iters, batch_size=cfg.batch_size, device=cfg.device,
                    occlusion=(cfg.occlusion_alpha1, cfg.occlusion_alpha2))
 
-    @torch.inference_mode()
     def _flow(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        h, w = a.shape[-2:]
-        ph, pw = (-h) % 8, (-w) % 8
-        if ph or pw:
-            a = F.pad(a, (0, pw, 0, ph), mode="replicate")
-            b = F.pad(b, (0, pw, 0, ph), mode="replicate")
-        out = self.net(a, b, num_flow_updates=self.iters)[-1]
-        return out[..., :h, :w]
+        import torch
+        import torch.nn.functional as F
+
+        with torch.inference_mode():
+            h, w = a.shape[-2:]
+            ph, pw = (-h) % 8, (-w) % 8
+            if ph or pw:
+                a = F.pad(a, (0, pw, 0, ph), mode="replicate")
+                b = F.pad(b, (0, pw, 0, ph), mode="replicate")
+            out = self.net(a, b, num_flow_updates=self.iters)[-1]
+            return out[..., :h, :w]
 
     def __call__(self, frames_t: FrameBatch, frames_t1: FrameBatch) -> FlowResult:
+        import torch
+
         self._ensure_setup()
         img_t, img_t1 = as_images(frames_t, "frames_t"), as_images(frames_t1, "frames_t1")
         check_pair(img_t, img_t1)

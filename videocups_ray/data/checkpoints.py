@@ -13,12 +13,13 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any, Mapping
 
 from videocups_ray.data.types import DataError
+
+if TYPE_CHECKING:  # torch is imported where a file is read or written: processes that never touch a
+    import torch  # checkpoint (every actor of a weight-free cue backend) start seconds faster
+    from torch import nn
 
 _MAX_LISTED = 8
 
@@ -50,6 +51,8 @@ def check_file(path: str | os.PathLike, what: str) -> Path:
 
 def read_torch_file(path: str | os.PathLike, what: str = "checkpoint", *, map_location: str = "cpu") -> Any:
     """The object in a ``torch.save`` file, read with ``weights_only=True`` (plain data and tensors)."""
+    import torch
+
     path = check_file(path, what)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
@@ -59,6 +62,8 @@ def read_torch_file(path: str | os.PathLike, what: str = "checkpoint", *, map_lo
 
 def write_torch_file(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` atomically (temp file in the same folder, then rename)."""
+    import torch
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -75,6 +80,8 @@ def write_torch_file(obj: Any, path: str | os.PathLike) -> Path:
 def read_state_dict(path: str | os.PathLike, what: str = "checkpoint") -> dict[str, torch.Tensor]:
     """A state dict of tensors from a ``.pt``/``.pth`` file (bare, or under ``"state_dict"`` /
     ``"model"``) or a ``.safetensors`` file, on CPU."""
+    import torch
+
     path = check_file(path, what)
     if path.suffix == ".safetensors":
         try:

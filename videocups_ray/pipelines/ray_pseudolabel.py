@@ -62,6 +62,7 @@ from videocups_ray.data.sources import FrameSource
 from videocups_ray.data.types import DataError
 from videocups_ray.labeling import KMeansStats
 from videocups_ray.pipelines.ray_runtime import ray_session
+from videocups_ray.pipelines.pool_autoscaler import PoolAutoscaler
 from videocups_ray.pipelines.writer_pool import WriterPool
 from videocups_ray.stages import ChunkSpec
 from videocups_ray.stages.centroids import FitRecord, fit_centroids_from_samples, fit_positions
@@ -189,6 +190,10 @@ class Progress:
 
     def add_busy(self, kind: str, seconds: float) -> None:
         self.busy[kind] += seconds
+
+    def in_flight(self, kind: str) -> int:
+        """Calls of ``kind`` not seen finished at the last :meth:`collect` (the pool's backlog)."""
+        return len(self._refs[kind])
 
     def update(self, ray, frames: int) -> None:
         self.bar.update(frames)
@@ -345,6 +350,9 @@ class Pass2:
         self.labelled = 0
         self.skipped: dict[str, str] = {}
         self._depth_rr = 0
+        self.autoscaler = PoolAutoscaler(
+            ray, pools, cfg.ray, lambda kind: _new_cue_actor(cfg, kind, failures), progress.in_flight,
+        ) if PoolAutoscaler.wanted(cfg.ray) else None
 
     def add_video(self, vid: str) -> None:
         try:
@@ -470,6 +478,9 @@ class Pass2:
                 self.labelled += info["rows"]
                 self.progress.update(ray, info["rows"])
             self.progress.add_busy("tracker", info["busy_s"])
+            if self.autoscaler is not None and self.autoscaler.due():
+                self.progress.collect(ray, timeout=0)
+                self.autoscaler.step()
             # backpressure on the writers; commits what they returned as one generation
             self.pools.writer.drain(keep=self.cfg.ray.write_drain_keep * self.cfg.ray.writer.replicas)
             if info["done"]:
@@ -549,6 +560,8 @@ def _run(ray, cfg: Config, out: str, pools: Pools, failures: tuple[FailurePlan, 
         counts_w = pools.writer.finish()
     finally:
         bar.close()
+        if sched.autoscaler is not None:
+            sched.autoscaler.close()
     label_s = time.perf_counter() - t_label
 
     per_video = dict(pools.writer.meta(VIDEO_STATS_KEY, {}))
@@ -562,4 +575,5 @@ def _run(ray, cfg: Config, out: str, pools: Pools, failures: tuple[FailurePlan, 
             "frames_per_s": round(sched.labelled / max(label_s, 1e-9), 3),
             "skipped_videos": skipped_all, "chunks": sum(len(s.chunks) for s in sched.videos.values()),
             "retries": sched.retries, "duplicates": counts_w["duplicates"],
-            "utilisation": {kd: round(u, 3) for kd, u in bar.utilisation().items()}}
+            "utilisation": {kd: round(u, 3) for kd, u in bar.utilisation().items()},
+            "pools": sched.autoscaler.summary() if sched.autoscaler is not None else {}}
