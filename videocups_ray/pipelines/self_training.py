@@ -65,18 +65,21 @@ def write_self_labels(cfg: Config, model_path: str | os.PathLike, shards: str | 
     return {"frames": frames, "videos": len(videos)}
 
 
-def run_self_training(cfg: Config, shards: str | os.PathLike, out: str | os.PathLike, **train_kwargs: Any) -> dict[str, Any]:
+def run_self_training(cfg: Config, shards: str | os.PathLike, out: str | os.PathLike, *,
+                      first_round: dict[str, Any] | None = None, **train_kwargs: Any) -> dict[str, Any]:
     """``train.rounds`` rounds of training (see the module doc); one round is plain ``run_train``.
 
+    ``first_round``: the ``run_train`` summary of a round 1 already trained on ``shards`` (the
+    ablation benchmark continues its "+ self-enhanced" model), else round 1 runs here.
     Returns the last round's ``run_train`` summary with ``model`` = ``out/model.pt`` and
     ``rounds``: per round its run folder, steps, seconds and (rounds > 1) the labels written.
     """
     rounds = cfg.train.rounds
-    if rounds == 1:
+    if rounds == 1 and first_round is None:
         return run_train(cfg, shards, out, **train_kwargs)
     out = Path(out)
     meta, _ = shard_class_meta(shards, cfg.eval)
-    summary = run_train(cfg, shards, out / "round1", **train_kwargs)
+    summary = first_round or run_train(cfg, shards, out / "round1", **train_kwargs)
     history = [{"round": 1, "out": summary["out"], "steps": summary["steps"], "seconds": summary["seconds"]}]
     later = with_overrides(cfg, train={"max_steps": cfg.train.round_steps or cfg.train.max_steps})
     for r in range(2, rounds + 1):
