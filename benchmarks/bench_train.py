@@ -136,6 +136,14 @@ def _score(val_src, pred_dir: Path, cfg: Config) -> dict:
                     unsupervised=True)
 
 
+def _print_done(row: tuple, pl: dict) -> None:
+    """One finished row at once (a run cut short by its time limit still shows what it measured)."""
+    name, r, sec, n = row
+    print(f"row done: {name}: {n} steps, STQ {r['STQ']:.3f} (pseudo-labels {pl['STQ']:.3f}), AQ {r['AQ']:.3f}, "
+          f"SQ {r['SQ']:.3f}, AQ static {_split_aq(r, 'static')}, {sec:.0f} s; {os.popen('uptime').read().strip()}",
+          flush=True)
+
+
 def bench_quality(args: argparse.Namespace, root: Path) -> None:
     """Pseudo-label SynthDrive train sequences (test seed, never used for tuning), train the
     ablation rows with the shipped recipe, compare STQ on held-out sequences."""
@@ -182,6 +190,7 @@ def bench_quality(args: argparse.Namespace, root: Path) -> None:
             last = run_train(vcfg, root / "pl_train", out)
             run_infer(vcfg, last["model"], val_src, out / "pred", "kitti-step")
             rows.append((name, _score(val_src, out / "pred", cfg), time.perf_counter() - t0, last["steps"]))
+            _print_done(rows[-1], pl)
         if args.rows > len(ABLATION):  # + self-training: one more round, continuing the row above
             scfg = with_overrides(vcfg, train=dict(rounds=2, round_steps=round_steps))
             out = root / "self_training"
@@ -190,6 +199,7 @@ def bench_quality(args: argparse.Namespace, root: Path) -> None:
             run_infer(scfg, s["model"], val_src, out / "pred", "kitti-step")
             rows.append(("+ self-training", _score(val_src, out / "pred", cfg), time.perf_counter() - t0,
                          last["steps"] + s["steps"]))
+            _print_done(rows[-1], pl)
     m = cfg.model
     print(f"\nquality on SynthDrive held-out sequences ({n_val} x {frames} frames {h}x{w}, seed {args.seed}; "
           f"{n_train} training sequences), recipe {' + '.join(RECIPE)}: model at {m.min_size}x{m.max_size}, "
