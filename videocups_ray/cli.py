@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from videocups_ray.config import Config, ConfigError, load_config
+from videocups_ray.config import Config, ConfigError, load_config, with_overrides
 from videocups_ray.data.formats import FORMATS, writable_formats  # registry only: readers load lazily
 from videocups_ray.data.types import DataError
 
@@ -137,13 +137,14 @@ def _workers(text: str | None) -> int | tuple[int, int] | None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from videocups_ray.pipelines.train import run_train
-
-    cfg = _config(args)
+    from videocups_ray.pipelines.self_training import run_self_training
     from videocups_ray.pipelines.train import evaluation_command
 
-    summary = run_train(cfg, args.shards, args.out, workers=_workers(args.workers),
-                        use_gpu=True if args.gpu else None, strategy=args.strategy)
+    cfg = _config(args)
+    if args.rounds is not None:
+        cfg = with_overrides(cfg, train={"rounds": args.rounds})
+    summary = run_self_training(cfg, args.shards, args.out, workers=_workers(args.workers),
+                                use_gpu=True if args.gpu else None, strategy=args.strategy)
     print(json.dumps(summary, indent=2, default=str))
     print(f"\nmodel: {summary['model']}\nloss curves: {summary['loss_plot']}\nevaluate it:\n  "
           + evaluation_command(summary["model"], args.heldout, args.config))
@@ -319,6 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu", action="store_true", help="one GPU per worker (NCCL)")
     p.add_argument("--strategy", choices=["ddp", "deepspeed"], help="default from config (ddp)")
     p.add_argument("--heldout", help="labelled held-out corpus named in the printed evaluation command")
+    p.add_argument("--rounds", type=int, help="self-training rounds (train.rounds): round r > 1 trains on "
+                   "round r-1's predictions of the training videos")
     _add_config_args(p)
     p.set_defaults(func=cmd_train)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class ConfigError(ValueError):
@@ -320,6 +320,9 @@ class ModelConfig(_Section):
     detections_per_image: int = Field(50, ge=1)  # kept after NMS, inference
     mask_overlap: float = Field(0.5, ge=0, le=1)  # panoptic fusion: min visible fraction of a mask
     semantic_loss_weight: float = Field(1.0, ge=0)  # Panoptic-FPN semantic cross-entropy
+    # semantic head over every thing class instead of one merged "thing": pixels no detection
+    # covers keep their thing class (instance 0) instead of void (issue 14: SQ of a weak detector)
+    semantic_thing_classes: bool = False
     track_loss_weight: float = Field(1.0, ge=0)  # MaskTrack embedding cross-entropy
     track_score_weight: float = Field(1.0, ge=0)  # association: weight of log detection score (track columns)
     track_iou_weight: float = Field(2.0, ge=0)  # association: weight of box IoU with the track
@@ -369,6 +372,18 @@ class TrainConfig(_Section):
     flip_prob: float = Field(0.5, ge=0, le=1)  # augmentation: horizontal flip of a whole pair
     color_jitter: float = Field(0.1, ge=0, lt=1)  # augmentation: max relative brightness/contrast change
     copy_paste_bank: int = Field(64, ge=1)  # tubes kept per worker as copy-paste sources
+    # --- learning-rate schedule and self-training (issue 14: a CPU recipe that beats the pseudo-labels)
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: decay to lr * min_lr_ratio at max_steps
+    warmup_steps: int = Field(0, ge=0)  # linear warm-up from lr * 0.01 (from-scratch BN needs it at high lr)
+    min_lr_ratio: float = Field(0.02, ge=0, le=1)  # final lr of the cosine schedule, relative to lr
+    rounds: int = Field(1, ge=1)  # self-training: round r > 1 trains on round r-1's predictions of the training videos
+    round_steps: int | None = Field(None, ge=1)  # steps of each self-training round after the first; None = max_steps
+
+    @model_validator(mode="after")
+    def _schedule_needs_steps(self) -> "TrainConfig":
+        if self.lr_schedule == "cosine" and self.max_steps is None:
+            raise ValueError("train.lr_schedule='cosine' needs train.max_steps (the schedule's length)")
+        return self
 
 
 class InferConfig(_Section):

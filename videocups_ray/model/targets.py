@@ -52,14 +52,22 @@ class ClassMeta:
     def num_thing(self) -> int:
         return len(self.thing_classes)
 
-    def semantic_lut(self) -> torch.Tensor:
-        """256-entry table: pseudo-class ID -> semantic-head index (255 = ignore)."""
+    def semantic_lut(self, per_thing: bool = False) -> torch.Tensor:
+        """256-entry table: pseudo-class ID -> semantic-head index (255 = ignore).
+
+        ``per_thing``: thing class j gets its own index ``num_stuff + j`` (a semantic head that
+        predicts every thing class, ``model.semantic_thing_classes``); else all share ``num_stuff``.
+        """
         lut = torch.full((256,), 255, dtype=torch.long)
         for i, c in enumerate(self.stuff_classes):
             lut[c] = i
-        for c in self.thing_classes:
-            lut[c] = self.num_stuff
+        for j, c in enumerate(self.thing_classes):
+            lut[c] = self.num_stuff + (j if per_thing else 0)
         return lut
+
+    def semantic_classes(self, per_thing: bool = False) -> tuple[int, ...]:
+        """Pseudo-class ID of each semantic-head index; the merged "thing" index is ``ignore_label``."""
+        return (*self.stuff_classes, *(self.thing_classes if per_thing else (self.ignore_label,)))
 
     def to_dict(self) -> dict:
         return {"stuff_classes": list(self.stuff_classes), "thing_classes": list(self.thing_classes), "ignore_label": self.ignore_label}
@@ -94,8 +102,9 @@ def instance_boxes(instance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return ids.long(), boxes
 
 
-def frame_targets(semantic: torch.Tensor, instance: torch.Tensor, ignore: torch.Tensor, meta: ClassMeta) -> dict[str, torch.Tensor]:
-    """Model targets of one frame (see ``model.vps``).
+def frame_targets(semantic: torch.Tensor, instance: torch.Tensor, ignore: torch.Tensor, meta: ClassMeta,
+                  per_thing: bool = False) -> dict[str, torch.Tensor]:
+    """Model targets of one frame (see ``model.vps``); ``per_thing``: see ``ClassMeta.semantic_lut``.
 
     An instance's class is the majority pseudo-class of its pixels; an instance whose majority
     class is not a thing class is not a detection target (its pixels keep their stuff label).
@@ -112,7 +121,7 @@ def frame_targets(semantic: torch.Tensor, instance: torch.Tensor, ignore: torch.
             labels.append(thing_index[cls])
             masks.append(mask)
     h, w = semantic.shape
-    sem = meta.semantic_lut()[semantic.long().clamp(0, 255)]
+    sem = meta.semantic_lut(per_thing)[semantic.long().clamp(0, 255)]
     sem[ignore.bool()] = 255
     return {
         "boxes": torch.stack(keep_boxes) if keep_boxes else torch.zeros(0, 4),
@@ -123,18 +132,19 @@ def frame_targets(semantic: torch.Tensor, instance: torch.Tensor, ignore: torch.
     }
 
 
-def pair_to_model_inputs(pair: dict, meta: ClassMeta) -> tuple[torch.Tensor, dict, torch.Tensor, dict]:
+def pair_to_model_inputs(pair: dict, meta: ClassMeta, per_thing: bool = False) -> tuple[torch.Tensor, dict, torch.Tensor, dict]:
     """(key image, key targets, reference image, reference targets) of one pair."""
     check_pair(pair)
     images = pair["images"]
     images = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-    targets = [frame_targets(pair["semantic"][f], pair["instance"][f], pair["ignore"][f], meta) for f in (0, 1)]
+    targets = [frame_targets(pair["semantic"][f], pair["instance"][f], pair["ignore"][f], meta, per_thing) for f in (0, 1)]
     return images[0], targets[0], images[1], targets[1]
 
 
-def collate_pairs(pairs: list[dict], meta: ClassMeta) -> dict:
-    """Keyword arguments for ``model(**collate_pairs(pairs, meta))`` in train mode."""
-    parts = [pair_to_model_inputs(p, meta) for p in pairs]
+def collate_pairs(pairs: list[dict], meta: ClassMeta, per_thing: bool = False) -> dict:
+    """Keyword arguments for ``model(**collate_pairs(pairs, meta))`` in train mode; ``per_thing``:
+    the model's ``semantic_thing_classes`` (semantic targets per thing class)."""
+    parts = [pair_to_model_inputs(p, meta, per_thing) for p in pairs]
     return {
         "images": [p[0] for p in parts],
         "targets": [p[1] for p in parts],

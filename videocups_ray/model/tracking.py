@@ -82,16 +82,18 @@ def panoptic_fusion(
     *,
     min_visible: float = 0.5,
     mask_threshold: float = 0.5,
+    per_thing: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Things over stuff, higher score on top; (semantic uint8 pseudo-class IDs, instance int32).
 
     A mask keeps only pixels no higher-scoring mask took, and is dropped when less than
     ``min_visible`` of it is left. Pixels the semantic head calls "thing" that no instance
-    covers become ``meta.ignore_label`` (void), as in Panoptic FPN.
+    covers become ``meta.ignore_label`` (void), as in Panoptic FPN; with ``per_thing`` (a
+    semantic head over every thing class) they keep that thing class with instance 0.
     """
     h, w = semantic_logits.shape[-2:]
     sem_index = semantic_logits.argmax(dim=0)
-    stuff_lut = torch.tensor([*meta.stuff_classes, meta.ignore_label], dtype=torch.long)
+    stuff_lut = torch.tensor(meta.semantic_classes(per_thing), dtype=torch.long)
     semantic = stuff_lut[sem_index.cpu()]
     instance = torch.zeros(h, w, dtype=torch.int32)
     occupied = torch.zeros(h, w, dtype=torch.bool)
@@ -236,6 +238,7 @@ class VideoPanopticPredictor:
         semantic, instance = panoptic_fusion(
             pred["masks"], pred["scores"], thing_ids, torch.from_numpy(track_ids),
             pred["semantic_logits"], self.meta, min_visible=self.cfg.mask_overlap,
+            per_thing=self.cfg.semantic_thing_classes,
         )
         return PanopticFrame(
             frame_index=self.memory.frame, semantic=semantic, instance=instance,

@@ -66,9 +66,10 @@ def stage_pseudolabel(cfg: Config, corpus: Path, out: Path) -> tuple[Path, dict]
 
 
 def stage_train(cfg: Config, shards: Path, run: Path) -> dict:
-    from videocups_ray.pipelines.train import run_train
+    """Ray Train on the pseudo-labels; ``train.rounds`` > 1 adds self-training rounds."""
+    from videocups_ray.pipelines.self_training import run_self_training
 
-    return run_train(cfg, str(shards), str(run / "train"))
+    return run_self_training(cfg, str(shards), str(run / "train"))
 
 
 def stage_infer(cfg: Config, model: str, corpus: Path, run: Path) -> Path:

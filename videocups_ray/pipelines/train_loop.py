@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import tempfile
 import time
 from collections import deque
@@ -89,6 +90,19 @@ def _to_device(inputs: dict, device: torch.device) -> dict:
     }
 
 
+def lr_at(step: int, tc) -> float:
+    """Learning rate of optimizer step ``step`` (0-based): linear warm-up from 1 % of ``tc.lr``
+    over ``tc.warmup_steps``, then constant or a cosine decay to ``tc.lr * tc.min_lr_ratio`` at
+    ``tc.max_steps``. A function of the step alone, so a resumed run continues the schedule."""
+    if step < tc.warmup_steps:
+        return tc.lr * (0.01 + 0.99 * step / tc.warmup_steps)
+    if tc.lr_schedule == "constant":
+        return tc.lr
+    span = max(tc.max_steps - tc.warmup_steps, 1)
+    t = min(max(step - tc.warmup_steps, 0) / span, 1.0)
+    return tc.lr * (tc.min_lr_ratio + (1 - tc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
 # --------------------------------------------------------------------------- copy-paste
 class CopyPaster:
     """Video copy-paste with a bank of tubes from earlier batches (other clips)."""
@@ -127,7 +141,12 @@ class _Strategy:
     """One optimisation step and the save/restore of optimizer state, per strategy."""
 
     module: torch.nn.Module
+    optimizer: torch.optim.Optimizer
     step: Callable[[dict], dict[str, torch.Tensor]]
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
 
     def save(self, folder: Path, rank: int) -> dict: ...
     def restore(self, folder: Path, state: dict) -> None: ...
@@ -186,6 +205,7 @@ class DeepSpeedStrategy(_Strategy):
             "steps_per_print": 10**9,
         }
         # Ray Train has already initialised torch.distributed; DeepSpeed reuses that group.
+        self.optimizer = optimizer  # DeepSpeed steps this client optimizer: set_lr reaches it
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, model_parameters=params,
                                                     config=ds_config, dist_init_required=False)
         self.module = self.engine.module
@@ -278,8 +298,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         for batch in iter_pairs_per_worker(shard, tc.batch_size, tc.shuffle_buffer):
             batches += 1
             pairs = paster(batch_to_pairs(batch), module, step)
-            inputs = _to_device(collate_pairs(pairs, meta), device)
+            inputs = _to_device(collate_pairs(pairs, meta, cfg.model.semantic_thing_classes), device)
             t0 = time.perf_counter()
+            strategy.set_lr(lr_at(step, tc))
             losses = strategy.step(inputs)
             compute_s += time.perf_counter() - t0
             step += 1
@@ -294,6 +315,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                                images_per_s=round(steps_since_log * images_per_step / interval, 3),
                                compute_s_per_step=round(compute_s / steps_since_log, 4),
                                workers=world, strategy=tc.strategy, pasted_tubes=paster.pasted,
+                               lr=round(lr_at(step - 1, tc), 8),
                                resumed_from=start_step, time=time.time())
                 if rank == 0:
                     _append_metrics(run_dir, metrics)
