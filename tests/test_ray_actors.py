@@ -112,8 +112,9 @@ class _FakeRay:
 
     @staticmethod
     def get(ref):
-        if isinstance(ref, BaseException):
-            raise ref
+        for r in ref if isinstance(ref, list) else [ref]:
+            if isinstance(r, BaseException):
+                raise r
         return ref
 
 

@@ -114,3 +114,19 @@ def test_corrupted_shard_is_relabelled_by_the_ray_engine(setup, tmp_path):
     summary = run_ray(cfg, root, out, progress=False)
     assert summary["written"] == victim["rows"]
     _same(_frames(out), ref)
+
+
+def test_killed_reader_mid_run_then_rerun(setup, tmp_path):
+    """A reader dies at its 4th batch call of pass 2 (its open streams die with it): the run
+    redoes those chunks and ends; a rerun adds nothing; every frame is stored once, as in an
+    uninterrupted run."""
+    cfg, root, ref = setup
+    out = tmp_path / "shards"
+    marker = tmp_path / "reader.dead"
+    first = run_ray(cfg, root, out, progress=False, failures=(FailurePlan("reader", 4, str(marker)),))
+    assert marker.exists(), "the reader was not killed"
+    assert first["retries"] >= 1 and first["skipped_videos"] == {}
+    rerun = run_ray(cfg, root, out, progress=False)
+    assert first["written"] + rerun["written"] == 24 and rerun["written"] == 0
+    _same(_frames(out), ref)
+    assert sorted(p.name for p in out.glob("*.parquet")) == sorted(e["file"] for e in read_manifest(out)["shards"])

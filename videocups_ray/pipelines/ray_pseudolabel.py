@@ -61,7 +61,7 @@ from videocups_ray.data.pseudolabels import (
 from videocups_ray.data.sources import FrameSource
 from videocups_ray.data.types import DataError
 from videocups_ray.labeling import KMeansStats
-from videocups_ray.pipelines.ray_runtime import ray_session
+from videocups_ray.pipelines.ray_runtime import get_each, ray_session
 from videocups_ray.pipelines.pool_autoscaler import PoolAutoscaler
 from videocups_ray.pipelines.writer_pool import WriterPool
 from videocups_ray.stages import ChunkSpec
@@ -214,13 +214,13 @@ class Progress:
             if not refs:
                 continue
             ready, rest = ray.wait(refs, num_returns=len(refs), timeout=timeout, fetch_local=True)
-            for r in ready:
-                try:
-                    self.busy[kind] += float(ray.get(r))
-                except (RayTaskError, RayActorError, DataError, StreamStateLost):
+            for got in get_each(ray, ready):
+                if isinstance(got, (RayTaskError, RayActorError, DataError, StreamStateLost)):
                     self.failed_calls += 1
-                except Exception:  # noqa: BLE001 - not expected: shown, not swallowed; progress is advisory
-                    log.exception("progress: busy time of a %s call could not be read", kind)
+                elif isinstance(got, BaseException):  # not expected: shown, not swallowed; progress is advisory
+                    log.error("progress: busy time of a %s call could not be read", kind, exc_info=got)
+                else:
+                    self.busy[kind] += float(got)
             self._refs[kind] = rest
 
     def utilisation(self) -> dict[str, float]:
@@ -455,37 +455,46 @@ class Pass2:
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> None:
+        """Until every chunk is labelled: start chunks, keep each one's batches in flight, and
+        handle every tracker reply that is ready, in one ``wait`` and one ``get`` per round (the
+        driver's CPU per frame is a handful of remote calls per batch, nothing per pixel)."""
         ray = self.ray
         while self.queue or self.active:
             while self.queue and self.free_trackers:
                 self._start(self.queue.popleft())
             for job in list(self.active):
                 self._fill(job)
-            refs = [r for j in self.active for r in j.inflight]
-            if not refs:
+            owner = {r: j for j in self.active for r in j.inflight}
+            if not owner:
                 continue
-            ready, _ = ray.wait(refs, num_returns=1)
-            job = next(j for j in self.active if ready[0] in j.inflight)
-            rows_ref, n_frames = job.inflight.pop(ready[0])
-            job.frames_inflight -= n_frames
-            try:
-                info = ray.get(ready[0])
-            except Exception as exc:  # noqa: BLE001 - classified in _abort: redone, recorded, or re-raised
-                self._abort(job, exc)
-                continue
-            if info["rows"]:
-                self.pools.writer.write(job.key, rows_ref, job.index == 0)
-                self.labelled += info["rows"]
-                self.progress.update(ray, info["rows"])
-            self.progress.add_busy("tracker", info["busy_s"])
+            ready, _ = ray.wait(list(owner), num_returns=len(owner), timeout=0)
+            if not ready:
+                ready, _ = ray.wait(list(owner), num_returns=1)
+            for ref, info in zip(ready, get_each(ray, ready)):
+                self._reply(owner[ref], ref, info)
             if self.autoscaler is not None and self.autoscaler.due():
                 self.progress.collect(ray, timeout=0)
                 self.autoscaler.step()
             # backpressure on the writers; commits what they returned as one generation
             self.pools.writer.drain(keep=self.cfg.ray.write_drain_keep * self.cfg.ray.writer.replicas)
-            if info["done"]:
-                self._finished(job, info)
         self.pools.writer.drain(keep=0)  # errors there are fatal (WriterLost)
+
+    def _reply(self, job: ChunkJob, ref, info) -> None:
+        """One tracker reply (its info dict, or the exception its ``get`` raised)."""
+        if job not in self.active or ref not in job.inflight:
+            return  # the job was aborted, skipped or redone earlier in this round
+        rows_ref, n_frames = job.inflight.pop(ref)
+        job.frames_inflight -= n_frames
+        if isinstance(info, BaseException):
+            self._abort(job, info)  # classified there: redone, recorded, or re-raised
+            return
+        if info["rows"]:
+            self.pools.writer.write(job.key, rows_ref, job.index == 0)
+            self.labelled += info["rows"]
+            self.progress.update(self.ray, info["rows"])
+        self.progress.add_busy("tracker", info["busy_s"])
+        if info["done"]:
+            self._finished(job, info)
 
 
 # --------------------------------------------------------------------------- entry point
@@ -497,19 +506,19 @@ def run_ray(cfg: Config, input_spec: str | os.PathLike | FrameSource, out: str |
     ``run_local``'s summary plus ``chunks``, ``retries``, ``duplicates`` and ``utilisation``.
     ``failures`` injects actor deaths (tests, chaos runs).
     """
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out = os.fspath(out)
     output_fs(out)  # an unusable --out is one line, before Ray starts
     with ray_session(cfg.ray) as ray:
         pools = make_pools(ray, cfg, input_spec, out, failures)
         try:
-            return _run(ray, cfg, out, pools, failures, progress, t0)
+            return _run(ray, cfg, out, pools, failures, progress, t0, c0)
         finally:
             kill_pools(ray, pools)
 
 
 def _run(ray, cfg: Config, out: str, pools: Pools, failures: tuple[FailurePlan, ...], progress: bool,
-         t0: float) -> dict[str, Any]:
+         t0: float, c0: float) -> dict[str, Any]:
     counts: dict[str, int] = ray.get(pools.readers[0].describe.remote())
     videos = list(counts)
     # the config hash was checked when the pool opened the directory; resume verifies the
@@ -544,7 +553,7 @@ def _run(ray, cfg: Config, out: str, pools: Pools, failures: tuple[FailurePlan, 
                                           "features": rc.features.replicas, "tracker": rc.max_videos_in_flight},
                    progress)
     sched = Pass2(ray, cfg, counts, pools, bar, failures, centroids)
-    t_label = time.perf_counter()
+    t_label, c_label, m_label = time.perf_counter(), time.process_time(), time.thread_time()
     try:
         for vid, reason in skipped.items():
             sched.skip_video(vid, reason)
@@ -563,6 +572,10 @@ def _run(ray, cfg: Config, out: str, pools: Pools, failures: tuple[FailurePlan, 
         if sched.autoscaler is not None:
             sched.autoscaler.close()
     label_s = time.perf_counter() - t_label
+    # the driver's own cost: all its threads (Ray's RPC and timer threads included) and the
+    # scheduling thread alone, for the labelling phase; setup (actors, pass 1) separately
+    driver_cpu = {"setup_s": round(c_label - c0, 4), "label_s": round(time.process_time() - c_label, 4),
+                  "label_main_thread_s": round(time.thread_time() - m_label, 4), "label_wall_s": round(label_s, 3)}
 
     per_video = dict(pools.writer.meta(VIDEO_STATS_KEY, {}))
     skipped_all = dict(pools.writer.meta(SKIPPED_KEY, {}))
@@ -575,5 +588,5 @@ def _run(ray, cfg: Config, out: str, pools: Pools, failures: tuple[FailurePlan, 
             "frames_per_s": round(sched.labelled / max(label_s, 1e-9), 3),
             "skipped_videos": skipped_all, "chunks": sum(len(s.chunks) for s in sched.videos.values()),
             "retries": sched.retries, "duplicates": counts_w["duplicates"],
-            "utilisation": {kd: round(u, 3) for kd, u in bar.utilisation().items()},
+            "utilisation": {kd: round(u, 3) for kd, u in bar.utilisation().items()}, "driver_cpu": driver_cpu,
             "pools": sched.autoscaler.summary() if sched.autoscaler is not None else {}}

@@ -107,3 +107,21 @@ def ray_session(cfg: RayConfig) -> Iterator[object]:
         ray.shutdown()
         if created:
             _remove_temp(created)
+
+
+def get_each(ray, refs: list) -> list:
+    """The values of ``refs`` in one ``ray.get`` (one round trip, which is what the driver's CPU
+    per frame is made of); when that raises, each ref alone, so every failure stays attached to
+    its own ref: the list holds a value or the exception ``ray.get`` raised for it."""
+    if not refs:
+        return []
+    try:
+        return list(ray.get(list(refs)))
+    except Exception:  # noqa: BLE001 - attributed below, per ref, for the caller to classify
+        out = []
+        for ref in refs:
+            try:
+                out.append(ray.get(ref))
+            except Exception as exc:  # noqa: BLE001 - returned to the caller, who classifies or re-raises
+                out.append(exc)
+        return out

@@ -31,6 +31,7 @@ from videocups_ray.config import Config
 from videocups_ray.data.shard_store import Store
 from videocups_ray.data.shards import CommittedFrames, open_for_commit, publish, retract_damaged
 from videocups_ray.data.types import DataError
+from videocups_ray.pipelines.ray_runtime import get_each
 
 log = logging.getLogger(__name__)
 
@@ -181,14 +182,13 @@ class WriterPool:
         """``ray.get`` of writer calls; a dead writer ends the job with one line after a last commit."""
         out = []
         lost = None
-        for w, ref in zip(writers, refs):
-            try:
-                out.append(self.ray.get(ref))
-            except Exception as exc:  # noqa: BLE001 - actor deaths become WriterLost below; others re-raised
-                if not _is_actor_death(exc):
-                    raise
-                lost = (w, exc)
-                out.append(None)
+        for w, got in zip(writers, get_each(self.ray, refs)):
+            if isinstance(got, BaseException):
+                if not _is_actor_death(got):
+                    raise got
+                lost = (w, got)
+                got = None
+            out.append(got)
         if lost is not None:
             self._refs = []
             self.commit()
