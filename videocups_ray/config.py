@@ -334,6 +334,9 @@ class TrainConfig(_Section):
     grad_clip: float = Field(1.0, gt=0)
     checkpoint_every: int = Field(50, ge=1)  # steps
     workers: tuple[int, int] = (1, 1)  # (min, max) Ray Train workers
+    # elastic (min < max): seconds between Ray Train's checks for room to add workers (nodes that
+    # appeared); a resize restarts the workers from the last checkpoint. Ray's default is 60
+    resize_check_s: float = Field(60.0, gt=0)
     use_gpu: bool = False
     strategy: Literal["ddp", "deepspeed"] = "ddp"
     zero_stage: int = Field(2, ge=1, le=3)
