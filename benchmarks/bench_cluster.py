@@ -43,6 +43,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("NUMBA_CACHE_DIR", str(ROOT / ".cache" / "numba"))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# Ray starts its worker processes at niceness 15 (so raylets stay responsive); on a shared machine
+# the workers then compete with every other job's niced processes and the run measures the
+# neighbours. A measurement runs all of its processes at the driver's priority.
+os.environ.setdefault("RAY_worker_niceness", "0")
 
 from videocups_ray.config import Config, with_overrides  # noqa: E402
 from videocups_ray.data.inputs import MemorySource, synth_source  # noqa: E402
