@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class ConfigError(ValueError):
@@ -267,6 +267,20 @@ class RayConfig(_Section):
     max_chunk_attempts: int = Field(3, ge=1)  # tries of one chunk (tracker/depth state lost) before it is skipped
     autoscale_backlog: float = Field(2.0, gt=0)  # calls in flight per actor above which a cue pool grows (max_replicas)
     autoscale_idle_s: float = Field(5.0, ge=0)  # seconds with fewer calls than actors before a grown pool shrinks by one
+
+    @model_validator(mode="after")
+    def _pools_that_grow(self) -> "RayConfig":
+        """``max_replicas`` only where a pool can grow, and never below ``replicas`` (no silent no-op)."""
+        for kind in ("reader", "depth", "tracker", "writer"):
+            if getattr(self, kind).max_replicas:
+                raise ValueError(f"ray.{kind}.max_replicas: only the flow and features pools grow (a depth actor "
+                                 "holds its streams' state; readers, trackers and writers follow the streams); set 0")
+        for kind in ("flow", "features"):
+            res = getattr(self, kind)
+            if res.max_replicas and res.max_replicas < res.replicas:
+                raise ValueError(f"ray.{kind}.max_replicas ({res.max_replicas}) is below replicas ({res.replicas}); "
+                                 "0 keeps the pool fixed")
+        return self
 
 
 class StreamConfig(_Section):
