@@ -48,3 +48,43 @@ def test_flow_pool_grows_under_backlog_and_the_autoscaler_adds_its_gpu_node(sim_
     assert time_to_scale < 120, flow  # a new node + actor start; the issue's target is 30 s (README)
     keys = [(f.video_id, f.frame_index) for f in read_shards(tmp_path / "out")]
     assert len(keys) == len(set(keys)) == summary["written"] == 80
+
+
+def test_elastic_training_grows_when_a_node_appears(sim_cluster, tmp_path):
+    """Ray Train, elastic 1..2 workers (``train.workers``), one per worker node (3 logical CPUs
+    each: 2 per train worker, 1 for Ray Data's tasks). It starts on the one node there is; a second
+    node joins after the step-2 checkpoint; Ray Train's resize check (``train.resize_check_s``)
+    restarts the run with 2 workers from the last checkpoint, and training finishes with both."""
+    import json
+    import threading
+
+    from test_train import tiny_config  # the Ray Train test's tiny model and synthetic corpus
+
+    from videocups_ray.data.shards import frames_to_shards
+    from videocups_ray.pipelines.sim_cluster import wait_for
+    from videocups_ray.pipelines.train import run_train
+
+    # long enough for Ray Data's autoscaling coordinator (which Ray Train asks for resources; it
+    # refreshes the nodes it sees every 20 s) to notice the node, and for one resize check after
+    cfg = tiny_config(max_steps=40, checkpoint_every=2, workers=[1, 2], cpus_per_worker=2.0, max_failures=2,
+                      resize_check_s=3.0)
+    frames_to_shards(synth_source(cfg.synth), tmp_path / "shards", cfg.shards)
+    spec = NodeSpec("cpu", count=1, cpus=3, gpus=0)
+    cluster = sim_cluster([spec], head_cpus=1)
+    run = tmp_path / "run"
+    result: dict = {}
+    worker = threading.Thread(target=lambda: result.update(run_train(cfg, tmp_path / "shards", run)), daemon=True)
+    worker.start()
+
+    def records() -> list[dict]:
+        path = run / "metrics.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    wait_for(lambda: any(r["step"] >= 3 for r in records()) or not worker.is_alive(), 600)
+    assert worker.is_alive(), f"training ended before step 3: {result}"
+    cluster.add_node(spec)
+    worker.join(timeout=900)
+    assert not worker.is_alive() and result["steps"] == 40
+    trace = [(r["step"], r["workers"], r["resumed_from"]) for r in records()]
+    assert trace[0][1] == 1 and trace[-1][1] == 2, trace  # grew from 1 to 2 workers
+    assert min(r for _, w, r in trace if w == 2) >= 2, trace  # resumed from a checkpoint, not from scratch

@@ -88,6 +88,15 @@ def test_an_actor_no_node_can_host_is_named():
     assert problem.startswith("ray.features asks for 0.5 CPU / 2.0 GPU")
 
 
+def test_pools_larger_than_the_gpu_groups_at_max_workers_are_named():
+    groups = check_cluster_file(KUBERAY)  # 16 one-GPU nodes at most
+    assert not unplaceable_actors(groups, load_config([str(ROOT / "configs/pseudolabel/gpu.yaml")]).ray)
+    cfg = load_config([str(ROOT / "configs/pseudolabel/gpu.yaml")], ["ray.flow.max_replicas=64"])
+    (problem,) = unplaceable_actors(groups, cfg.ray)
+    assert problem.startswith("the actor pools at their largest need 24.2 GPUs (flow 64 x 0.25,"), problem
+    assert problem.endswith("more than the cluster's 16 at max_workers")
+
+
 def test_dockerfile_builds_the_image_the_manifest_names():
     """Static checks (no Docker daemon here): CUDA base, a Python the package accepts, the pinned
     install, files it copies exist, the tag it documents is the manifest's image, KubeRay's probe tool."""

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from videocups_ray.config import Config, with_overrides
+import pytest
+
+from videocups_ray.config import Config, ConfigError, with_overrides
 from videocups_ray.pipelines.pool_autoscaler import PoolAutoscaler
 
 
@@ -102,3 +104,12 @@ def test_busy_pool_does_not_shrink_and_fixed_pools_are_not_scaled():
         scaler.step()  # 3 calls on 2 actors: busy, below the growth threshold
     assert len(pools.flow) == 2
     assert not PoolAutoscaler.wanted(Config().ray)
+
+
+@pytest.mark.parametrize("ray_cfg, message", [
+    ({"depth": {"max_replicas": 4}}, "ray.depth.max_replicas: only the flow and features pools grow"),
+    ({"flow": {"replicas": 4, "max_replicas": 2}}, "ray.flow.max_replicas (2) is below replicas (4)"),
+])
+def test_max_replicas_where_it_would_do_nothing_is_an_error(ray_cfg, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        with_overrides(Config(), ray=ray_cfg)

@@ -271,6 +271,20 @@ class RayConfig(_Section):
     autoscale_backlog: float = Field(2.0, gt=0)  # calls in flight per actor above which a cue pool grows (max_replicas)
     autoscale_idle_s: float = Field(5.0, ge=0)  # seconds with fewer calls than actors before a grown pool shrinks by one
 
+    @model_validator(mode="after")
+    def _pools_that_grow(self) -> "RayConfig":
+        """``max_replicas`` only where a pool can grow, and never below ``replicas`` (no silent no-op)."""
+        for kind in ("reader", "depth", "tracker", "writer"):
+            if getattr(self, kind).max_replicas:
+                raise ValueError(f"ray.{kind}.max_replicas: only the flow and features pools grow (a depth actor "
+                                 "holds its streams' state; readers, trackers and writers follow the streams); set 0")
+        for kind in ("flow", "features"):
+            res = getattr(self, kind)
+            if res.max_replicas and res.max_replicas < res.replicas:
+                raise ValueError(f"ray.{kind}.max_replicas ({res.max_replicas}) is below replicas ({res.replicas}); "
+                                 "0 keeps the pool fixed")
+        return self
+
 
 class StreamConfig(_Section):
     """Live streams (``videocups stream``, ``pipelines/stream_service.py``), per stream."""
@@ -340,6 +354,9 @@ class TrainConfig(_Section):
     grad_clip: float = Field(1.0, gt=0)
     checkpoint_every: int = Field(50, ge=1)  # steps
     workers: tuple[int, int] = (1, 1)  # (min, max) Ray Train workers
+    # elastic (min < max): seconds between Ray Train's checks for room to add workers (nodes that
+    # appeared); a resize restarts the workers from the last checkpoint. Ray's default is 60
+    resize_check_s: float = Field(60.0, gt=0)
     use_gpu: bool = False
     strategy: Literal["ddp", "deepspeed"] = "ddp"
     zero_stage: int = Field(2, ge=1, le=3)

@@ -179,4 +179,15 @@ def unplaceable_actors(groups: list[NodeGroup], ray_cfg: RayConfig) -> list[str]
                    for g in workers):
             out.append(f"ray.{kind} asks for {res.num_cpus} CPU / {res.num_gpus} GPU per actor, more "
                        f"than any node group offers ({', '.join(f'{g.name}: {g.cpus:g}/{g.gpus:g}' for g in groups)})")
+    # autoscaling limits: the pools at their largest (max_replicas; one tracker per stream in flight)
+    # must fit the GPUs of every group at its max_workers, or the last actors wait forever
+    largest = {k: max(getattr(ray_cfg, k).replicas, getattr(ray_cfg, k).max_replicas) for k in ACTOR_FIELDS}
+    largest["tracker"] = ray_cfg.max_videos_in_flight
+    need = sum(getattr(ray_cfg, k).num_gpus * n for k, n in largest.items())
+    cap = sum(g.gpus * g.max_workers for g in workers if not g.head)
+    if need > cap + 1e-9:
+        pools = ", ".join(f"{k} {n} x {getattr(ray_cfg, k).num_gpus:g}" for k, n in largest.items()
+                          if getattr(ray_cfg, k).num_gpus)
+        out.append(f"the actor pools at their largest need {need:g} GPUs ({pools}), more than the cluster's "
+                   f"{cap:g} at max_workers")
     return out

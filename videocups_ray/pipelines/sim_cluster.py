@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import tempfile
 import time
@@ -82,6 +83,7 @@ class SimCluster:
         self.specs = list(nodes)
         self.head_cpus = head_cpus
         self.head_object_store_mb = head_object_store_mb
+        self._own_temp = temp_dir is None  # made here: removed (logs, sockets) once every process is gone
         self.temp_dir = temp_dir or tempfile.mkdtemp(prefix="vcsim", dir="/tmp")  # short: socket paths
         self._cluster = None
         self.workers: dict[str, list] = {}  # node type -> Ray node handles, in start order
@@ -167,6 +169,8 @@ class SimCluster:
         if left:
             log.warning("simulated cluster: processes %s outlived their nodes; killing them", left)
         _kill(left)
+        if self._own_temp and not self.pids():
+            shutil.rmtree(self.temp_dir, onerror=_report_rm)
 
     def __enter__(self) -> "SimCluster":
         self.start()
@@ -220,6 +224,11 @@ def _pids_with(*needles: bytes) -> list[int]:
         if state != "Z" and all(n in cmd for n in needles):
             out.append(int(entry.name))
     return out
+
+
+def _report_rm(_func, path, exc_info) -> None:
+    if not isinstance(exc_info[1], FileNotFoundError):  # a process removed it first
+        log.warning("simulated cluster: could not remove %s: %s", path, exc_info[1])
 
 
 def _kill(pids: list[int]) -> None:
