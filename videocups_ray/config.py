@@ -82,6 +82,9 @@ class FlowConfig(_Section):
     # generator for benchmarks and tests of orchestration, never for labels: cues/simulated.py)
     backend: Literal["dis", "raft", "oracle", "simulated"] = "dis"
     dis_preset: Literal["ultrafast", "fast", "medium"] = "medium"  # chosen by bench_cues.py
+    # DIS starts a pair from the previous pair's flow within one batch of consecutive frames
+    # (issue 13; bench_pseudolabels.py --cue-variants); never across calls, so never across videos
+    dis_warm_start: bool = False
     raft_arch: Literal["raft_small", "raft_large", "raft_tiny"] = "raft_small"  # torchvision layout; tiny = CPU training
     raft_iters: int = Field(12, ge=1)  # RAFT refinement iterations
     # fw-bw consistency (DESIGN.md 4.1): occluded where |fw + bw(x+fw)|^2 >= alpha1 (|fw|^2 + |bw|^2) + alpha2
