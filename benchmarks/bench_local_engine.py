@@ -13,6 +13,8 @@ is not timed. Printed per size and tree: frames/s, ratio to the baseline, STQ / 
 labels against the SynthDrive ground truth (unsupervised matching), and the share of pixels
 whose semantic and instance labels equal the baseline's. Trees alternate order per size, and
 the load average is printed with every row (the development machine is shared).
+
+First, the replaced hot spots alone (old vs new code in one process, outputs asserted equal).
 """
 
 from __future__ import annotations
@@ -68,6 +70,50 @@ def agreement(out_a: str, out_b: str) -> tuple[float, float]:
     return sem / n, inst / n
 
 
+def hotspots(reps: int = 5) -> list[tuple[str, float, float]]:
+    """The replaced hot spots on the same inputs, old vs new in this process (ms per call): the
+    5x5 motion median (scipy rank filter vs OpenCV on a reflected border) and the k-means
+    statistics (np.add.at + full lexsort vs bincount + preselected lexsort); outputs are equal."""
+    import numpy as np
+    from scipy import ndimage
+
+    from videocups_ray.cues.depth import median5
+    from videocups_ray.labeling.semantics import _keep_worst, normalize_rows
+
+    def ms(fn) -> float:
+        fn()
+        t = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        return 1000 * (time.perf_counter() - t) / reps
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for h, w in SIZES.values():
+        x = np.clip(rng.random((h, w), dtype=np.float32) * 1.5 - 0.5, 0, 1)
+        assert np.array_equal(median5(x), ndimage.median_filter(x, size=5))
+        rows.append((f"motion median 5x5 at {h}x{w}", ms(lambda: ndimage.median_filter(x, size=5)),
+                     ms(lambda: median5(x))))
+    feats = normalize_rows(rng.normal(size=(12288, 45)))  # 24 frames x 512 samples, 45 channels
+    assign = rng.integers(0, 27, len(feats))
+    sims = rng.random(len(feats))
+
+    def old_stats():
+        sums = np.zeros((27, 45))
+        np.add.at(sums, assign, feats)
+        order = np.lexsort([feats[:, c] for c in range(44, -1, -1)] + [sims])[:27]
+        return sums, feats[order]
+
+    def new_stats():
+        ft = np.ascontiguousarray(feats.T)
+        sums = np.stack([np.bincount(assign, weights=ft[j], minlength=27) for j in range(45)], axis=1)
+        return sums, _keep_worst(feats, sims, 27)[0]
+
+    assert all(np.array_equal(a, b) for a, b in zip(old_stats(), new_stats()))
+    rows.append(("k-means partial stats, 12288 x 45", ms(old_stats), ms(new_stats)))
+    return rows
+
+
 def run_tree(code: str, spec: dict) -> dict:
     env = {**os.environ, "PYTHONPATH": code, "NUMBA_CACHE_DIR": str(Path(code) / ".cache" / "numba")}
     proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True,
@@ -94,6 +140,11 @@ def main() -> None:
     trees = {"this": str(ROOT)} | ({"baseline": args.baseline_code} if args.baseline_code else {})
     tmp = Path(tempfile.mkdtemp(prefix="bench_local_engine"))
     print(f"machine: {os.cpu_count()} logical CPUs, no GPU; uptime: {os.popen('uptime').read().strip()}")
+    print("\nReplaced hot spots, same inputs and equal outputs (ms per call)")
+    print(f"{'kernel':<36}{'old':>9}{'new':>9}{'ratio':>8}")
+    for name, old, new in hotspots():
+        print(f"{name:<36}{old:>9.2f}{new:>9.2f}{old / new:>7.1f}x")
+    print(f"loadavg {os.getloadavg()[0]:.1f}\n", flush=True)
     rows = []
     try:
         warm = tmp / "warmup"

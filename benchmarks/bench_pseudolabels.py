@@ -23,6 +23,10 @@ toggled from the default, appearance only, and all parts; every variant on tunin
 KITTI, printed as one table. The tuning-STQ maximum is printed as the choice; a part goes on
 by default only if it helps on tuning and holds on test.
 
+``--cue-variants all``: the mover-cue changes (DIS warm start within a batch of consecutive
+frames, ground-contact motion/depth ``cues.depth.contact_ratio``) on tuning AND test: cue errors
+and STQ with the default labeling config.
+
 ``--labeling-ablations``: the paper's labeling ablations (issue 6) with oracle and default cues
 on the tuning split.
 
@@ -63,7 +67,7 @@ SPLITS = {"tuning": 7, "test": 313}  # master seeds (see module doc); disjoint s
 ROOT = Path(__file__).resolve().parents[1]
 KITTI = ROOT.parent / "shared" / "data" / "kitti_step_0001"
 PRESET = ROOT / "configs" / "pseudolabel" / "synthdrive_256x512.yaml"
-KITTI_OVERRIDES = {"cues": {"depth": {"focal": 721.5}}, "labeling": {"kmeans_frames_per_video": 9}}
+KITTI_OVERRIDES = {"camera": {"focal": 721.5}, "labeling": {"kmeans_frames_per_video": 9}}
 LABELING_ABLATIONS = {
     "full": {},
     "no tracking (per-frame IDs)": {"tracking": False},
@@ -279,6 +283,33 @@ def bench_ablation(base: Config, out: Path, quick: bool, kitti: bool, *, only: l
     return results
 
 
+CUE_VARIANTS = {
+    "default": {},
+    "DIS warm start": {"flow": {"dis_warm_start": True}},
+    "ground contact (1.4)": {"depth": {"contact_ratio": 1.4}},
+    "warm start + contact": {"flow": {"dis_warm_start": True}, "depth": {"contact_ratio": 1.4}},
+}
+
+
+def bench_cue_variants(base: Config, out: Path, quick: bool, only: list[str] | None = None) -> dict:
+    """Mover cues (issue 13): each cue change on tuning AND test, cue errors and STQ/AQ/SQ with
+    the default labeling config (cues computed per variant and split)."""
+    results: dict = {}
+    print(f"\n[cue variants] default labeling config   {load()}")
+    print(f"  {'variant':22s} {'split':7s} {'STQ / AQ / SQ':>18s}   EPE (zero)   AbsRel static / moving   motion IoU")
+    for name in only or list(CUE_VARIANTS):
+        cfg = with_overrides(base, cues=CUE_VARIANTS[name])
+        for split in SPLITS:
+            source, cues = cached_cues(cfg, split, quick)
+            errs = cue_errors(cues)
+            r = {**label(cfg, source, cues, out / "cue_variants" / split / name.replace(" ", "_")), **errs}
+            results[(split, "cues: " + name)] = r
+            print(f"  {name:22s} {split:7s} {fmt(r)}   {errs['epe']:.3f} ({errs['zero_epe']:.2f})   "
+                  f"{errs['absrel_static']:.3f} / {errs['absrel_moving']:.3f}          {errs['motion_iou']:.3f}   "
+                  f"{load()}", flush=True)
+    return results
+
+
 def bench_labeling_ablations(base: Config, out: Path, quick: bool) -> None:
     """The paper's labeling ablations (issue 6) on the tuning split, oracle and default cues."""
     source, _ = split_source(SPLITS["tuning"], quick)
@@ -313,6 +344,7 @@ def main() -> None:
     ap.add_argument("--skip-splits", action="store_true", help="only the requested ablations")
     ap.add_argument("--ablation", action="store_true", help="geometric-evidence ablation (see module doc)")
     ap.add_argument("--variants", help="ablation: comma-separated subset of the variant names")
+    ap.add_argument("--cue-variants", help="mover-cue variants on both splits: 'all' or comma-separated names")
     ap.add_argument("--labeling-ablations", action="store_true", help="issue 6's labeling ablations")
     ap.add_argument("--json", default=None, help="also write all results to this JSON file")
     args = ap.parse_args()
@@ -326,6 +358,9 @@ def main() -> None:
         results.update({(s, "ablation: " + n): r for (s, n), r in
                         bench_ablation(Config(), out, args.quick, not args.skip_kitti,
                                        only=args.variants.split(",") if args.variants else None).items()})
+    if args.cue_variants:
+        results.update(bench_cue_variants(Config(), out, args.quick,
+                                          args.cue_variants.split(",") if args.cue_variants != "all" else None))
     if args.labeling_ablations:
         bench_labeling_ablations(configs()["preset 256x512"], out, args.quick)
     if args.json:

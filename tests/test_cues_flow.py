@@ -106,3 +106,21 @@ def test_raft_bad_checkpoints(tmp_path):
         build_flow(FlowConfig(backend="raft", checkpoint=str(tmp_path / "absent.pt")))
     with pytest.raises(CheckpointError, match="needs cues.flow.checkpoint"):
         build_flow(FlowConfig(backend="raft"))
+
+
+def test_dis_warm_start_chains_only_consecutive_pairs(seq):
+    """Warm start: the first pair of a call and any pair that does not continue the previous one
+    start from zero (no state across calls or videos); a chained pair starts from the previous
+    flow, so its result differs and stays accurate."""
+    cold = build_flow(FlowConfig())
+    warm = build_flow(FlowConfig(dis_warm_start=True))
+    pairs = ([seq[0], seq[1]], [seq[1], seq[2]])
+    c, w = cold(*pairs), warm(*pairs)
+    assert np.array_equal(c.fw[0], w.fw[0]) and np.array_equal(c.bw[0], w.bw[0])  # first pair: cold
+    assert not np.array_equal(c.fw[1], w.fw[1])  # chained pair: initialised from pair 0
+    b = seq[1]
+    assert _epe(w.fw[1], b.flow, b.flow_valid) < 0.8 * _epe(np.zeros_like(b.flow), b.flow, b.flow_valid)
+    # not consecutive (pair 1 does not start where pair 0 ended): both start from zero
+    broken = ([seq[0], seq[0]], [seq[1], seq[2]])
+    assert np.array_equal(cold(*broken).fw, warm(*broken).fw)
+    assert np.array_equal(warm([seq[1]], [seq[2]]).fw[0], c.fw[1])  # a new call forgets pair 0

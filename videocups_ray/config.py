@@ -82,6 +82,9 @@ class FlowConfig(_Section):
     # generator for benchmarks and tests of orchestration, never for labels: cues/simulated.py)
     backend: Literal["dis", "raft", "oracle", "simulated"] = "dis"
     dis_preset: Literal["ultrafast", "fast", "medium"] = "medium"  # chosen by bench_cues.py
+    # DIS starts a pair from the previous pair's flow within one batch of consecutive frames
+    # (issue 13; bench_pseudolabels.py --cue-variants); never across calls, so never across videos
+    dis_warm_start: bool = False  # off: the cue-variant run decides (README, issue 13)
     raft_arch: Literal["raft_small", "raft_large", "raft_tiny"] = "raft_small"  # torchvision layout; tiny = CPU training
     raft_iters: int = Field(12, ge=1)  # RAFT refinement iterations
     # fw-bw consistency (DESIGN.md 4.1): occluded where |fw + bw(x+fw)|^2 >= alpha1 (|fw|^2 + |bw|^2) + alpha2
@@ -145,7 +148,7 @@ class FeatureConfig(_Section):
     weight_column: float = Field(0.0, ge=0)  # distance from the image's vertical centre line
     # DepthG-style fusion: context and smoothing pool only over similar log depth (range sigma,
     # log-depth units: 0.3 ~ +-35 % depth); 0 = plain Gaussians (no depth guidance)
-    depth_guide_sigma: float = Field(0.0, ge=0)
+    depth_guide_sigma: float = Field(0.0, ge=0)  # log-depth units; 0 = off (ablation: no gain on test or KITTI)
     max_depth: float = Field(80.0, gt=0)  # metres; depth at/over 0.95x this counts as sky (= cues.depth.max_depth)
     checkpoint: str | None = None
     device: str = "cpu"
