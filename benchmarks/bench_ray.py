@@ -369,7 +369,9 @@ def bench_streams(tmp: Path, fps: float, frames: int, counts: tuple[int, ...]) -
     local = tmp / "streams_local"
     run_local(cfg, corpus, local, progress=False)
     cents = np.load(local / "centroids.npy")
-    src = __import__("videocups_ray.data.sources", fromlist=["open_source"]).open_source(corpus)
+    from videocups_ray.data.formats import open_source
+
+    src = open_source(corpus)
     videos = src.videos()
     rows, equal = [], {}
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, object_store_memory=768 * 2**20,
