@@ -15,9 +15,11 @@ development boxes are shared):
    with the per-frame processing time (so machine load can be told from design), and the
    pseudo-label STQ of the first (provisional) labels and of the final ones;
 4. ``--driver-cpu``: CPU seconds of the driver process (``time.process_time``, Ray's
-   in-process threads included) per labelled frame of pass 2, at 256x512 and 1024x2048, for
-   this tree and for a baseline tree (``--baseline-code DIR``, e.g. the main checkout before
-   the reader actors), each run in its own process on the same corpus and centroids;
+   in-process threads included) per labelled frame of pass 2, at 256x512 and 1024x2048 (2 videos
+   x 32 frames, 8 with ``--quick``), for this tree and for a baseline tree (``--baseline-code
+   DIR``, e.g. main before the reader actors: ``git archive 8da9171``), each run in its own
+   process with the same config and centroids; for this tree also setup vs labelling, the
+   scheduling thread alone, and the idle rate of Ray's threads (per second, not per frame);
 5. ``--streams``: the Ray streaming engine with 1, 2 and 4 concurrent sources at ``--fps``:
    p50/p95 latency per stream (arrival -> first label), and whether the streamed shards are
    bit-identical to the local and Ray corpus engines on the same frames.
@@ -250,76 +252,105 @@ def print_stream(s: dict, fps: float) -> None:
 
 # --------------------------------------------------------------------------- 4. driver CPU
 DRIVER_SIZES = ((256, 512), (1024, 2048))
+DRIVER_BATCH = 8  # frame pairs per batch: the driver's work is a handful of remote calls per batch
 
 
 def _driver_cfg(h: int, w: int, frames: int, videos: int) -> Config:
+    """SynthDrive rendered where the frames are read (``synth:``: by the readers in this tree, by
+    the driver in the baseline, whose driver decoded every frame), oracle flow and depth (cheap,
+    so the 2 cores go to rendering and labelling), handmade features at stride 8."""
+    cues = {"flow": {"backend": "oracle", "batch_size": DRIVER_BATCH}, "depth": {"backend": "oracle",
+            "batch_size": DRIVER_BATCH}, "features": {"stride": 8, "batch_size": DRIVER_BATCH}}
     return with_overrides(Config(), synth={"sequences": videos, "frames": frames, "height": h, "width": w, "seed": 11},
-                          cues={"flow": {"dis_preset": "ultrafast"}, "features": {"stride": 8}},
-                          labeling={"num_clusters": 8}, ray={"max_videos_in_flight": videos})
+                          cues=cues, labeling={"num_clusters": 8, "kmeans_frames_per_video": 2},
+                          ray={"max_videos_in_flight": videos, "max_frames_in_flight": 2 * DRIVER_BATCH})
+
+
+def _thread_cpu() -> dict[tuple[int, str], float]:
+    """CPU seconds of every thread of this process, keyed by (native id, Python name or "")."""
+    import psutil
+
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    return {(t.id, names.get(t.id, "")): t.user_time + t.system_time for t in psutil.Process().threads()}
 
 
 def driver_worker(spec: dict) -> dict:
-    """One measured ``run_ray`` (pass 2 only: centroids are in ``out``), in this process."""
+    """One measured ``run_ray`` (pass 1 on 2 frames per video, then pass 2), in this process.
+
+    ``idle_ms_per_s``: the process's CPU per second while Ray is up and the driver sleeps (Ray's
+    own threads: gRPC polling, timers, event reporting), measured before the run; it is paid per
+    second of wall time, not per frame.
+    """
     import ray
 
     cfg = _driver_cfg(spec["h"], spec["w"], spec["frames"], spec["videos"])
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, object_store_memory=1024 * 2**20,
+    # SynthDrive frames carry their ground truth (flow, depth, ...): ~60 MB a frame at 1024x2048. A store
+    # that fills makes Ray ask every process, the driver too, for gc.collect() (PythonGCThread below)
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, object_store_memory=3 * 2**30,
              _temp_dir=tempfile.mkdtemp(prefix="vcr", dir="/tmp"))
     try:
-        c0, t0 = time.process_time(), time.perf_counter()
-        r = run_ray(cfg, spec["corpus"], spec["out"], progress=False)
-        cpu, wall = time.process_time() - c0, time.perf_counter() - t0
+        time.sleep(2.0)
+        i0 = time.process_time()
+        time.sleep(5.0)
+        idle = (time.process_time() - i0) / 5.0
+        th0, c0, t0 = _thread_cpu(), time.process_time(), time.perf_counter()
+        r = run_ray(cfg, "synth:", spec["out"], progress=False)
+        cpu, wall, th1 = time.process_time() - c0, time.perf_counter() - t0, _thread_cpu()
     finally:
         ray.shutdown()
-    return {"frames": r["frames"], "cpu_ms_per_frame": 1000 * cpu / max(r["frames"], 1), "wall_s": wall}
+    n = max(r["frames"], 1)
+    gc_s = sum(v - th0.get(k, 0.0) for k, v in th1.items() if k[1] == "PythonGCThread")
+    res = {"gc_ms_per_frame": 1000 * gc_s / n, "frames": r["frames"], "cpu_ms_per_frame": 1000 * cpu / n, "wall_s": wall, "idle_ms_per_s": 1000 * idle,
+           "skipped_videos": r["skipped_videos"]}
+    if "driver_cpu" in r:  # this tree: the labelling phase apart from setup (actors up, centroids, resume)
+        d = r["driver_cpu"]
+        res |= {"setup_cpu_s": d["setup_s"], "label_ms_per_frame": 1000 * d["label_s"] / n,
+                "main_ms_per_frame": 1000 * d["label_main_thread_s"] / n, "label_wall_s": d["label_wall_s"]}
+    return res
 
 
-def _driver_corpus(tmp: Path, h: int, w: int, frames: int, videos: int) -> tuple[Path, np.ndarray]:
-    """The corpus on disk and unit centroids of the right width (labels are not the point here)."""
-    from videocups_ray.data.synthdrive import generate_sequence
-    from videocups_ray.stages import FeatureStage
-
-    cfg = _driver_cfg(h, w, frames, videos)
-    corpus = tmp / f"drv{h}x{w}"
-    write_synth_dataset(cfg.synth, corpus, progress=False)
-    frame = next(iter(generate_sequence(cfg.synth.model_copy(update={"frames": 1}), 0)))
-    feats = FeatureStage(cfg).process([frame], np.ones((1, h, w), np.float32)).high
-    cents = np.random.default_rng(0).normal(size=(cfg.labeling.num_clusters, feats.shape[1])).astype(np.float32)
-    return corpus, cents / np.linalg.norm(cents, axis=1, keepdims=True)
-
-
-def bench_driver_cpu(tmp: Path, trees: dict[str, str], frames: int, videos: int) -> list[tuple]:
+def bench_driver_cpu(tmp: Path, trees: dict[str, str], frames: int, videos: int) -> list[dict]:
+    """Each tree fits its own centroids (pass 1 samples 2 frames per video: its feature width may
+    differ from this tree's), so ``total`` includes pass 1; ``label`` (this tree) excludes it."""
     import json
     import subprocess
 
     rows = []
     for h, w in DRIVER_SIZES:
-        corpus, cents = _driver_corpus(tmp, h, w, frames, videos)
-        counts = {f"{v:04d}": frames for v in range(videos)}
         for name, code in trees.items():
-            out = tmp / f"drvout{h}{name}"
-            out.mkdir()
-            np.save(out / "centroids.npy", cents)
-            (out / "centroids.json").write_text(json.dumps({"videos": counts}))
-            spec = {"h": h, "w": w, "frames": frames, "videos": videos, "corpus": str(corpus), "out": str(out)}
+            spec = {"h": h, "w": w, "frames": frames, "videos": videos, "out": str(tmp / f"drvout{h}{name}")}
+            load0 = os.getloadavg()[0]
             proc = subprocess.run([sys.executable, __file__, "--code", code, "--driver-worker", json.dumps(spec)],
                                   capture_output=True, text=True, env={**os.environ, "PYTHONPATH": code},
                                   cwd=code)  # Ray workers import from the driver's working directory
             if proc.returncode != 0:
                 raise RuntimeError(f"driver worker ({name}) failed:\n{proc.stderr[-3000:]}")
             res = json.loads(proc.stdout.strip().splitlines()[-1])
-            rows.append((f"{h}x{w}", name, res["frames"], res["cpu_ms_per_frame"], res["wall_s"], os.getloadavg()[0]))
+            if res["frames"] != frames * videos:
+                raise RuntimeError(f"driver worker ({name}) labelled {res['frames']} of {frames * videos} frames: "
+                                   f"{res['skipped_videos']}")
+            rows.append({"size": f"{h}x{w}", "tree": name, "load": max(load0, os.getloadavg()[0])} | res)
             print("  measured:", rows[-1], flush=True)
     return rows
 
 
-def print_driver_cpu(rows: list[tuple], baseline: str) -> None:
-    print("\n4. driver CPU per labelled frame, pass 2 (time.process_time of the driver process)")
-    print(f"{'size':<11}{'tree':<10}{'frames':>7}{'ms/frame':>10}{'vs ' + baseline:>14}{'wall s':>8}{'load':>6}")
-    base = {r[0]: r[3] for r in rows if r[1] == baseline}
-    for size, name, n, ms, wall, load in rows:
-        ratio = f"{ms / base[size]:.3f}" if size in base else "-"
-        print(f"{size:<11}{name:<10}{n:>7}{ms:>10.2f}{ratio:>14}{wall:>8.1f}{load:>6.1f}")
+def print_driver_cpu(rows: list[dict], baseline: str) -> None:
+    print(f"\n4. driver CPU of pass 2 (process = time.process_time of the driver process, every thread; "
+          f"{DRIVER_BATCH} pairs per batch)")
+    print(f"{'size':<11}{'tree':<10}{'frames':>7}{'total ms/fr':>12}{'vs ' + baseline:>13}{'setup s':>8}"
+          f"{'label ms/fr':>12}{'sched. thread':>14}{'Ray GC':>8}{'idle ms/s':>10}{'label fr/s':>11}{'wall s':>8}{'load':>6}")
+    base = {r["size"]: r["cpu_ms_per_frame"] for r in rows if r["tree"] == baseline}
+    for r in rows:
+        ratio = f"{r['cpu_ms_per_frame'] / base[r['size']]:.3f}" if r["size"] in base else "-"
+        lab = "label_ms_per_frame" in r
+        print(f"{r['size']:<11}{r['tree']:<10}{r['frames']:>7}{r['cpu_ms_per_frame']:>12.2f}{ratio:>13}"
+              f"{r['setup_cpu_s'] if lab else float('nan'):>8.2f}{r.get('label_ms_per_frame', float('nan')):>12.2f}"
+              f"{r.get('main_ms_per_frame', float('nan')):>14.2f}{r['gc_ms_per_frame']:>8.2f}{r['idle_ms_per_s']:>10.2f}"
+              f"{r['frames'] / r['label_wall_s'] if lab else float('nan'):>11.2f}{r['wall_s']:>8.1f}{r['load']:>6.1f}")
+    print("(total: whole run_ray incl. setup and pass 1 / frames; label: the labelling phase only, every thread; sched. "
+          "thread: the driver's scheduling thread in that phase; Ray GC: gc.collect() that Ray's PythonGCThread runs "
+          "in the driver when the object store fills (whole run, per frame); idle: the process with Ray up and the driver "
+          "asleep, paid per second of wall time; nan: the baseline tree does not report its phases)")
 
 
 # --------------------------------------------------------------------------- 5. concurrent streams
@@ -338,7 +369,9 @@ def bench_streams(tmp: Path, fps: float, frames: int, counts: tuple[int, ...]) -
     local = tmp / "streams_local"
     run_local(cfg, corpus, local, progress=False)
     cents = np.load(local / "centroids.npy")
-    src = __import__("videocups_ray.data.sources", fromlist=["open_source"]).open_source(corpus)
+    from videocups_ray.data.formats import open_source
+
+    src = open_source(corpus)
     videos = src.videos()
     rows, equal = [], {}
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, object_store_memory=768 * 2**20,
@@ -407,7 +440,7 @@ def main() -> None:
         print(f"machine: {os.cpu_count()} logical CPUs, no GPU use; load average before: {os.getloadavg()}")
         if args.driver_cpu:
             trees = {"this": str(ROOT)} | ({"baseline": args.baseline_code} if args.baseline_code else {})
-            rows = bench_driver_cpu(tmp, trees, 6 if args.quick else 12, 2)
+            rows = bench_driver_cpu(tmp, trees, 8 if args.quick else 32, 2)
             print_driver_cpu(rows, "baseline" if args.baseline_code else "this")
         if args.streams:
             frames = 10 if args.quick else 20

@@ -308,6 +308,22 @@ def bookkeeping_section(args: argparse.Namespace) -> None:
 
 
 # --------------------------------------------------------------------------- writer pool
+def _writer_cpu_s() -> float:
+    """CPU seconds so far of every WriterActor process of this Ray instance (children of the raylet
+    this process started): whether the writers are CPU-bound is what caps their scaling."""
+    import psutil
+
+    total = 0.0
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if "WriterActor" in " ".join(p.cmdline()[:1]):
+                t = p.cpu_times()
+                total += t.user + t.system
+        except psutil.Error:
+            continue
+    return total
+
+
 def writers_section(args: argparse.Namespace) -> None:
     import ray
 
@@ -315,10 +331,12 @@ def writers_section(args: argparse.Namespace) -> None:
     from videocups_ray.pipelines.writer_pool import WriterPool
 
     frames = _frames(375, 1242, flips=True)
-    chunk, n_chunks = 8, 4 if args.quick else 6
+    # a multiple of 4 chunks, so 4 writers get equal shares (6 chunks capped 4 writers at 3x)
+    chunk, n_chunks = 8, 4 if args.quick else 8
+    cores = os.cpu_count() or 1
     print(f"\nwriter pool: 375x1242, {chunk * n_chunks} rows (chunks of {chunk}, shards of {chunk} rows, "
-          f"raw + zstd 3), {os.cpu_count()} cores")
-    ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False,
+          f"raw + zstd 3), {cores} cores")
+    ray.init(num_cpus=max(4, cores), include_dashboard=False, log_to_driver=False,
              object_store_memory=768 * 2**20, _temp_dir=tempfile.mkdtemp(prefix="vcb", dir="/tmp"))
     try:
         refs = []
@@ -329,32 +347,47 @@ def writers_section(args: argparse.Namespace) -> None:
                 rows.append({"video_id": f"v{c:03d}", "frame_index": j, "image": f.image, "semantic": f.semantic,
                              "instance": f.instance, "ignore": f.extra["ignore"]})
             refs.append(ray.put(rows))
-        rates: dict[int, list[float]] = {1: [], 2: [], 4: []}
-        loads: dict[int, list[float]] = {1: [], 2: [], 4: []}
+        sizes = (1, 2, 4)
+        rates: dict[int, list[float]] = {n: [] for n in sizes}
+        loads: dict[int, list[float]] = {n: [] for n in sizes}
+        util: dict[int, list[float]] = {n: [] for n in sizes}  # writer CPU seconds / (wall * writers)
+        cpu_row: dict[int, list[float]] = {n: [] for n in sizes}  # writer CPU ms per row
         for _ in range(args.repeats):  # sizes interleaved per repeat, so each sees the same load
-            for writers in rates:
+            for writers in sizes:
                 cfg = with_overrides(Config(), shards={"rows_per_shard": chunk},
                                      ray={"writer": {"replicas": writers, "num_cpus": 0.5}})
                 with tempfile.TemporaryDirectory(dir=args.tmp) as out:
                     pool = WriterPool(ray, cfg, out)
                     try:
                         pool.setup()
-                        t0 = time.perf_counter()
+                        c0, t0 = _writer_cpu_s(), time.perf_counter()
                         for c, ref in enumerate(refs):
                             pool.write(f"v{c:03d}@0", ref, True)
                             pool.release(f"v{c:03d}@0")
                         counts = pool.finish()
-                        rates[writers].append(counts["written"] / (time.perf_counter() - t0))
+                        wall, cpu = time.perf_counter() - t0, _writer_cpu_s() - c0
+                        rates[writers].append(counts["written"] / wall)
+                        util[writers].append(cpu / wall / writers)
+                        cpu_row[writers].append(1e3 * cpu / counts["written"])
                         loads[writers].append(os.getloadavg()[0])
                         assert counts["written"] == chunk * n_chunks
                     finally:
                         pool.kill()
-        print(f"{'writers':>7} | {'rows/s':>7} {'x 1 writer':>10} | {'ms/row':>6} | runs (rows/s) | 1-min load")
+        print(f"{'writers':>7} | {'rows/s':>7} {'x 1 writer':>10} | {'ms/row':>6} | {'CPU ms/row':>10} | "
+              f"{'CPU/writer':>10} | {'ceiling':>7} | runs (rows/s) | 1-min load")
         base = statistics.median(rates[1])
-        for writers, r in rates.items():
-            rate = statistics.median(r)
+        # if one writer keeps a core busy u1 of its wall time, n writers on `cores` cores can give at
+        # most min(n, cores / u1) times its rows/s: the most this machine allows, whatever the pool
+        u1 = statistics.median(util[1])
+        for writers in sizes:
+            rate = statistics.median(rates[writers])
+            ceiling = min(writers, cores / max(u1, 1e-9))
             print(f"{writers:7d} | {rate:7.1f} {rate / base:10.2f} | {1e3 / rate:6.1f} | "
-                  f"{' '.join(f'{x:.1f}' for x in r)} | {' '.join(f'{x:.0f}' for x in loads[writers])}", flush=True)
+                  f"{statistics.median(cpu_row[writers]):10.1f} | {statistics.median(util[writers]):10.0%} | "
+                  f"{ceiling:6.2f}x | {' '.join(f'{x:.1f}' for x in rates[writers])} | "
+                  f"{' '.join(f'{x:.1f}' for x in loads[writers])}", flush=True)
+        print(f"(CPU/writer: writer processes' CPU seconds / wall / writers; ceiling: min(writers, {cores} cores / "
+              f"one writer's CPU share {u1:.0%}), the speed-up this machine allows a CPU-bound writer)")
     finally:
         ray.shutdown()
 

@@ -131,7 +131,7 @@ def test_stream_command_labels_three_sources_at_once(ray_session, reference, tmp
         assert s["received"] == 8 and s["final"] == 8 and s["latency_p50_s"] > 0
 
 
-@pytest.mark.parametrize("engine", ["local", pytest.param("ray", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("engine", ["local", pytest.param("ray", marks=pytest.mark.slow)])  # ray: 47 s at load 8.5
 def test_sigint_closes_the_open_clip_and_commits_it(reference, tmp_path, engine):
     """Issue 17 #7: Ctrl-C before a 30-frame clip closes must not lose the frames seen."""
     cfg, root, _, cents = reference
@@ -147,16 +147,16 @@ def test_sigint_closes_the_open_clip_and_commits_it(reference, tmp_path, engine)
     reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)
     reader.start()
     deadline = time.monotonic() + 300
-    ready = "stand-in" if engine == "local" else "starting local Ray"
+    ready = "stand-in" if engine == "local" else "first frame in"  # logged when the first frames are in
     while time.monotonic() < deadline and proc.poll() is None and not any(ready in ln for ln in lines):
-        time.sleep(0.5)  # the first frame pair is being labelled
-    time.sleep(6 if engine == "local" else 60)  # the 8 frames are taken; the watcher then waits for more
+        time.sleep(0.2)  # Ray (or the local stages) starting
+    time.sleep(6 if engine == "local" else 4)  # the 8 frames are taken; the watcher then waits for more
     proc.send_signal(signal.SIGINT)
     stdout = proc.communicate(timeout=300)[0]
     reader.join(timeout=10)
     assert proc.returncode == 0, "".join(lines)[-2000:]
     summary = json.loads(stdout)
     received = summary["received"] if engine == "local" else summary["streams"][folder.name]["received"]
-    assert summary["interrupted"] is True and received >= 2
+    assert summary["interrupted"] is True and received >= 2, "".join(lines)[-2000:]
     got = rows(out)  # consistent, verified shards holding every frame taken: the open clip was closed early
     assert sorted(got) == [(folder.name, i) for i in range(received)]

@@ -82,15 +82,16 @@ def test_killed_driver_then_rerun(setup, tmp_path):
     cmd = [sys.executable, "-m", "videocups_ray.cli", "pseudolabel", "--input", str(root), "--out", str(out),
            "--quiet", *[a for o in OVERRIDES for a in ("--set", o)]]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    log = tmp_path / "pseudolabel.log"
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=log.open("w"))
     try:
         deadline = time.monotonic() + 400
         while time.monotonic() < deadline and proc.poll() is None:
             if list(out.glob("_pending/part-*.parquet")):  # a writer has published its first shard
                 break
             time.sleep(0.2)
-        assert proc.poll() is None, "the run ended before it could be killed"
+        assert proc.poll() is None, f"the run ended before it could be killed:\n{log.read_text()[-3000:]}"
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)

@@ -181,6 +181,8 @@ def _produce(service: StreamService, name: str, frames, fps: float | None, max_f
                 time.sleep(max(0.0, t0 + n / fps - time.perf_counter()))
             service.push(name, frame)
             n += 1
+            if n == 1:  # the stream is live (Ray up, actors ready): a sign for operators and tests
+                log.info("stream %s: first frame in after %.1f s", name, time.perf_counter() - t0)
     except Exception as exc:  # noqa: BLE001 - this stream fails alone (recorded), the others go on
         service.fail(name, exc)
 
