@@ -80,7 +80,7 @@ class FlowConfig(_Section):
 
     # oracle = SynthDrive ground truth; simulated = oracle cues after sleeping cost_ms (a load
     # generator for benchmarks and tests of orchestration, never for labels: cues/simulated.py)
-    backend: Literal["dis", "raft", "oracle", "simulated"] = "dis"
+    backend: Literal["dis", "raft", "pwc", "oracle", "simulated"] = "dis"  # pwc: PWC-tiny, train-cues' CPU net
     dis_preset: Literal["ultrafast", "fast", "medium"] = "medium"  # chosen by bench_cues.py
     raft_arch: Literal["raft_small", "raft_large", "raft_tiny"] = "raft_small"  # torchvision layout; tiny = CPU training
     raft_iters: int = Field(12, ge=1)  # RAFT refinement iterations
@@ -390,6 +390,7 @@ class CueTrainingConfig(_Section):
     augment_tasks: int = Field(1, ge=1)  # concurrent augmentation tasks (each a ~1 GB torch process)
     # --- optimisation (Ray Train: DDP or DeepSpeed ZeRO, elastic worker counts)
     max_steps: int = Field(2000, ge=1)  # optimizer steps in total (over all epochs)
+    max_minutes: float | None = Field(None, gt=0)  # wall-clock budget of one run's loop; stops with a checkpoint
     batch_size: int = Field(2, ge=1)  # windows per worker per step
     lr: float = Field(1e-4, gt=0)  # AdamW learning rate (UFlow, Monodepth2: 1e-4)
     weight_decay: float = Field(1e-4, ge=0)  # AdamW weight decay
@@ -407,6 +408,7 @@ class CueTrainingConfig(_Section):
     seed: int = 0  # torch / numpy seed (per rank: seed * 1000 + rank)
     fail_after_step: int | None = Field(None, ge=1)  # test hook: raise once right after this step's checkpoint
     # --- flow losses (UFlow / SMURF)
+    flow_net: Literal["raft", "pwc"] = "raft"  # raft: cues.flow.raft_arch; pwc: PWC-tiny (fast on CPUs)
     flow_iters: int = Field(6, ge=1)  # RAFT refinement iterations in training
     flow_gamma: float = Field(0.8, gt=0, le=1)  # weight of iteration i is gamma^(iters-1-i) (RAFT sequence loss)
     photometric: Literal["census", "ssim"] = "census"  # census (UFlow) or SSIM + L1 (Monodepth2)
@@ -430,6 +432,7 @@ class CueTrainingConfig(_Section):
     height_weight: float = Field(0.1, ge=0)  # metric scale: |log(road height) - log(camera.camera_height)|
     road_region: tuple[float, float, float, float] = (0.8, 1.0, 0.35, 0.65)  # rows/cols fractions assumed road
     pose_width: int = Field(16, ge=4)  # channels of the first pose-net conv (doubles per stride-2 layer)
+    init_depth: float | None = Field(10.0, gt=0)  # metres a fresh depth net predicts (head bias); None = sigmoid(0)
 
 
 # --------------------------------------------------------------------------- top level

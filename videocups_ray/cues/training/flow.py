@@ -1,10 +1,12 @@
-"""Unsupervised optical flow for RAFT (UFlow / SMURF family), as a loss-returning module.
+"""Unsupervised optical flow (UFlow / SMURF family), as a loss-returning module.
 
 :class:`FlowSelfSupervised` wraps the exact network the ``raft`` flow backend builds
-(``cues.flow.build_raft_net``), so its ``net`` state dict *is* a backend checkpoint. One step:
+(``cues.flow.build_raft_net``) or the ``pwc`` backend's PWC-tiny (``cues/pwc.py``), so its
+``net`` state dict *is* a backend checkpoint. One step:
 
-1. forward and backward flow of every pair in one batched RAFT call, every refinement
-   iteration kept (RAFT's sequence loss: iteration i weighted ``gamma^(iters-1-i)``);
+1. forward and backward flow of every pair in one batched call, every prediction kept (RAFT's
+   iterations or PWC's levels, coarse to fine; sequence loss: prediction i weighted
+   ``gamma^(n-1-i)``);
 2. photometric loss (census or SSIM+L1) between frame t and frame t+1 warped by the flow,
    on pixels that are visible by forward-backward consistency of the final prediction (after
    ``occlusion_after`` steps, as UFlow warms up); an occluded pixel costs a constant
@@ -22,7 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from videocups_ray.cues.flow import flow_net_predictions
 from videocups_ray.cues.training.losses import (
+    census_transform,
     edge_smoothness,
     fb_valid,
     masked_mean,
@@ -64,14 +68,9 @@ class FlowSelfSupervised(nn.Module):
                    occlusion_penalty=ct.occlusion_penalty)
 
     def flows(self, a: torch.Tensor, b: torch.Tensor) -> list[torch.Tensor]:
-        """RAFT predictions (one per iteration) for ``a -> b``; inputs in [0, 1], padded to x8."""
-        h, w = a.shape[-2:]
-        ph, pw = (-h) % 8, (-w) % 8
-        a, b = a * 2 - 1, b * 2 - 1  # the backend's normalisation (uint8 / 127.5 - 1)
-        if ph or pw:
-            a = F.pad(a, (0, pw, 0, ph), mode="replicate")
-            b = F.pad(b, (0, pw, 0, ph), mode="replicate")
-        return [f[..., :h, :w] for f in self.net(a, b, num_flow_updates=self.iters)]
+        """Every prediction (RAFT iterations / PWC levels) for ``a -> b``; inputs in [0, 1]."""
+        # the backend's normalisation (uint8 / 127.5 - 1) and padding
+        return flow_net_predictions(self.net, a * 2 - 1, b * 2 - 1, self.iters)
 
     def forward(self, images: torch.Tensor, step: int = 0) -> dict[str, torch.Tensor]:
         x = images_to_float(images)
@@ -91,8 +90,9 @@ class FlowSelfSupervised(nn.Module):
         # occluded is never free; targets outside the image read the border and keep a gradient.
         photo = self.occlusion_penalty * (1 - valid).mean()
         norm = sum(self.gamma ** (len(preds) - 1 - i) for i in range(len(preds)))
+        t_src = census_transform(src, self.census_radius) if self.kind == "census" else None
         for i, flow in enumerate(preds):
-            err = photometric(src, warp(dst, flow), self.kind, self.census_radius)
+            err = photometric(src, warp(dst, flow), self.kind, self.census_radius, t_src)
             photo = photo + self.gamma ** (len(preds) - 1 - i) / norm * (err * valid).mean()
         losses = {"photo": photo,
                   "smooth": self.smooth_weight * edge_smoothness(final, src, order=self.smooth_order,
