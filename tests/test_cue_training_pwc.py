@@ -1,5 +1,5 @@
-"""PWC-tiny, the small flow network ``train-cues flow`` trains on CPUs: it matches a known shift
-through its soft-argmax cost volume, its loss falls on SynthDrive, and its checkpoint loads
+"""PWC-tiny, the small flow network ``train-cues flow`` trains on CPUs: its cost volume peaks at
+a known shift, its loss (UFlow terms + the DIS proxy teacher) falls on SynthDrive, and its checkpoint loads
 into the ``pwc`` flow backend unchanged."""
 
 from __future__ import annotations
@@ -13,20 +13,20 @@ from videocups_ray.cues import build_flow
 from videocups_ray.cues.flow import PwcFlow, flow_net_predictions
 from videocups_ray.cues.pwc import PwcTiny, local_correlation
 from videocups_ray.cues.training.build import backend_overrides, build_cue_trainer, save_backend_checkpoint
-from videocups_ray.cues.training.windows import read_window
+from videocups_ray.cues.training.windows import dis_pair_flows, read_window
 from videocups_ray.data.inputs import synth_source
 from videocups_ray.data.types import DataError
 
 
 def pwc_cfg(**ct) -> Config:
-    base = dict(height=64, width=128, flow_net="pwc", occlusion_after=100, batch_size=1)
+    base = dict(height=64, width=128, flow_net="pwc", occlusion_after=100, batch_size=1, dis_teacher_weight=1.0)
     base.update(ct)
     return with_overrides(Config(), synth=dict(sequences=1, frames=3, height=64, width=128, seed=3), cue_training=base)
 
 
 def test_local_correlation_peaks_at_the_true_offset():
     torch.manual_seed(0)
-    f1 = torch.randn(1, 8, 12, 16)
+    f1 = torch.nn.functional.normalize(torch.randn(1, 8, 12, 16), dim=1)  # unit vectors: max at the match
     f2 = torch.roll(f1, shifts=(1, 2), dims=(2, 3))  # f2(x + (2, 1)) = f1(x)
     corr = local_correlation(f1, f2, 3)  # offsets row-major, dy outer: (dy=1, dx=2) -> (1+3)*7 + (2+3)
     assert int(corr[0, :, 4:-4, 4:-4].argmax(0).unique().item()) == 4 * 7 + 5
@@ -48,10 +48,13 @@ def test_pwc_loss_decreases_and_checkpoint_loads_into_the_pwc_backend(tmp_path):
     w = read_window(source, "0000", 0, 2, 64, 128)
     module = build_cue_trainer("flow", cfg).train()
     assert isinstance(module.net, PwcTiny)
+    teacher = torch.from_numpy(dis_pair_flows(w["images"]))[None]
+    with pytest.raises(ValueError, match="no 'teacher'"):
+        module(torch.from_numpy(w["images"])[None])
     opt = torch.optim.Adam(module.parameters(), lr=1e-3)
     losses = []
     for i in range(8):
-        total = sum(module(torch.from_numpy(w["images"])[None], step=i).values())
+        total = sum(module(torch.from_numpy(w["images"])[None], step=i, teacher=teacher).values())
         opt.zero_grad()
         total.backward()
         opt.step()

@@ -44,16 +44,17 @@ def _offsets(radius: int, device: torch.device, dtype: torch.dtype) -> torch.Ten
     return torch.stack([dx.reshape(-1), dy.reshape(-1)])  # 2 x K
 
 
-def census_descriptor(grey: torch.Tensor, radius: int = 2) -> torch.Tensor:
-    """UFlow's soft census of a ``B x 1 x H x W`` grey image (0..255): per neighbour
-    ``d / sqrt(0.81 + d^2)`` of the grey difference, ``B x (2r+1)^2 x H x W``. Not normalised:
-    flat regions give a near-zero descriptor, so their correlations are flat and the soft-argmax
-    stays at zero there instead of picking a noise peak."""
+def census_descriptor(grey: torch.Tensor, radius: int = 2, eps: float = 20.0) -> torch.Tensor:
+    """A soft census of a ``B x 1 x H x W`` grey image (0..255): per neighbour
+    ``d / sqrt(eps^2 + d^2)`` of the grey difference, ``B x (2r+1)^2 x H x W``. ``eps`` (grey
+    levels) is well above sensor noise (UFlow's loss uses 0.9, which saturates on noise), so flat
+    regions give a near-zero descriptor: their correlations are flat and the soft-argmax stays at
+    zero there instead of picking a noise peak."""
     k = 2 * radius + 1
     b, _, h, w = grey.shape
     patches = F.unfold(F.pad(grey, (radius,) * 4, mode="replicate"), k).view(b, k * k, h, w)
     d = patches - grey
-    return d / torch.sqrt(0.81 + d * d)
+    return d / torch.sqrt(eps * eps + d * d)
 
 
 def _warp(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:

@@ -41,7 +41,14 @@ from videocups_ray.cues.training.build import (
     build_cue_trainer,
     save_backend_checkpoint,
 )
-from videocups_ray.cues.training.windows import WINDOW_LENGTH, augment_window, dis_flows, plan_windows, read_window
+from videocups_ray.cues.training.windows import (
+    WINDOW_LENGTH,
+    augment_window,
+    dis_flows,
+    dis_pair_flows,
+    plan_windows,
+    read_window,
+)
 from videocups_ray.data.checkpoints import read_torch_file
 from videocups_ray.data.sources import FrameSource
 from videocups_ray.data.types import DataError
@@ -53,7 +60,7 @@ from videocups_ray.pipelines.train_loop import InjectedFailure, _make_strategy
 log = logging.getLogger(__name__)
 
 STATE_FILE = "cue_train_state.pt"
-MODEL_INPUTS = {"flow": ("images",), "depth": ("images", "K", "flow")}  # batch columns each trainer takes
+MODEL_INPUTS = {"flow": ("images", "teacher"), "depth": ("images", "K", "flow")}  # batch columns each trainer takes
 
 
 def metrics_file(task: str) -> str:
@@ -89,8 +96,9 @@ class WindowReader:
 
 
 def augment_windows(batch: dict[str, np.ndarray], *, task: str, flip_prob: float, color_jitter: float,
-                    dis_preset: str) -> dict[str, np.ndarray]:
-    """``map_batches`` step: fresh augmentation per window (and, for depth, the DIS flows)."""
+                    dis_preset: str, teacher: bool = False) -> dict[str, np.ndarray]:
+    """``map_batches`` step: fresh augmentation per window (and the DIS flows: for depth always,
+    for flow when ``teacher``)."""
     rng = np.random.default_rng()
     images, Ks, flows = [], [], []
     for img, K in zip(batch["images"], batch["K"]):
@@ -99,9 +107,11 @@ def augment_windows(batch: dict[str, np.ndarray], *, task: str, flip_prob: float
         Ks.append(K)
         if task == "depth":
             flows.append(dis_flows(img, dis_preset))
+        elif teacher:
+            flows.append(dis_pair_flows(img, dis_preset))
     out = {"images": np.stack(images), "K": np.stack(Ks)}
-    if task == "depth":
-        out["flow"] = np.stack(flows)
+    if flows:
+        out["flow" if task == "depth" else "teacher"] = np.stack(flows)
     return out
 
 
@@ -122,7 +132,8 @@ def build_window_dataset(cfg: Config, task: str, source: FrameSource, windows: l
     return ds.map_batches(augment_windows, batch_size=8, batch_format="numpy", num_cpus=ct.reader_cpus,
                           compute=ray.data.TaskPoolStrategy(size=ct.augment_tasks),
                           fn_kwargs={"task": task, "flip_prob": ct.flip_prob, "color_jitter": ct.color_jitter,
-                                     "dis_preset": cfg.cues.flow.dis_preset})
+                                     "dis_preset": cfg.cues.flow.dis_preset,
+                                     "teacher": task == "flow" and ct.dis_teacher_weight > 0})
 
 
 # --------------------------------------------------------------------------- worker loop
