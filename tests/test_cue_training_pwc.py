@@ -70,6 +70,19 @@ def test_pwc_loss_decreases_and_checkpoint_loads_into_the_pwc_backend(tmp_path):
         assert torch.equal(est.net.state_dict()[k], v), k
     frames = list(source.frames("0000", 0, 2))
     fr = est([frames[0]], [frames[1]])
-    assert fr.fw.shape == (1, 64, 128, 2) and np.isfinite(fr.fw).all() and fr.occ_fw.shape == (1, 64, 128)
+    assert fr.fw.shape == (1, 64, 128, 2) and np.isfinite(fr.fw).all() and fr.occlusion.shape == (1, 64, 128)
     with pytest.raises(DataError, match="pwc flow.*too small"):
         est(np.zeros((1, 16, 64, 3), np.uint8), np.zeros((1, 16, 64, 3), np.uint8))
+
+
+def test_augment_step_adds_the_dis_teacher_only_when_asked():
+    from videocups_ray.pipelines.train_cues import MODEL_INPUTS, augment_windows
+
+    source = synth_source(pwc_cfg().synth)
+    w = read_window(source, "0000", 0, 2, 64, 128)
+    batch = {"images": w["images"][None], "K": w["K"][None]}
+    kw = dict(task="flow", flip_prob=0.0, color_jitter=0.0, dis_preset="medium")
+    with_teacher = augment_windows(batch, teacher=True, **kw)
+    assert with_teacher["teacher"].shape == (1, 2, 64, 128, 2) and "teacher" in MODEL_INPUTS["flow"]
+    assert np.array_equal(with_teacher["teacher"][0], dis_pair_flows(w["images"]))
+    assert "teacher" not in augment_windows(batch, **kw)
