@@ -418,9 +418,7 @@ class CueTrainingConfig(_Section):
     edge_weight: float = Field(150.0, ge=0)  # edge-awareness: exp(-edge_weight * |grad I|), I in [0, 1]
     occlusion_after: int = Field(100, ge=0)  # steps before fw-bw occlusion masking starts (UFlow warm-up)
     occlusion_penalty: float = Field(2.0, ge=0)  # photometric cost of a fw-bw occluded pixel (UnFlow's lambda_p)
-    # proxy teacher: robust L1 to the weight-free DIS flow on its fw-bw consistent pixels, every
-    # prediction (a classical-flow bootstrap; 0 = pure UFlow losses)
-    dis_teacher_weight: float = Field(0.0, ge=0)
+    dis_teacher_weight: float = Field(0.0, ge=0)  # robust L1 to DIS flow on its fw-bw consistent pixels; 0 = pure UFlow
     selfsup_weight: float = Field(0.0, ge=0)  # SMURF self-supervision from a full-image teacher; 0 = off
     selfsup_after: int = Field(500, ge=0)  # steps before self-supervision starts
     selfsup_crop: float = Field(0.1, ge=0, lt=0.5)  # crop this fraction from each side for the student
