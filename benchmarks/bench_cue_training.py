@@ -6,10 +6,11 @@
    the depth cue with ``run_train_cues`` — what ``videocups train-cues`` calls — in the tiny CPU
    configuration ``configs/cue_training/synthdrive_cpu.yaml`` (SynthDrive seed 11, 128x256).
 2. Evaluates on SynthDrive seed 7 (never trained on), 128x256, non-occluded / valid pixels:
-   - flow: EPE and Fl-all of the trained RAFT against zero flow (baseline), DIS (the default)
+   - flow: EPE and Fl-all of the trained network (PWC-tiny or RAFT) against zero flow (baseline), DIS (the default)
      and the same network at initialisation (same seed as training);
    - depth: AbsRel on static and moving pixels of the trained network against the geometry
-     default (DIS flow) and the flat-ground prior (baseline), and motion-mask IoU (prob > 0.5);
+     default (DIS flow), the same network at initialisation (``init_depth`` metres everywhere)
+     and the flat-ground prior (baseline), and motion-mask IoU (prob > 0.5);
 3. Pseudo-label STQ / AQ / SQ (local engine, labeling preset ``synthdrive_256x512.yaml``) with the
    default cues and with the trained flow, the trained depth, and both.
 
@@ -35,7 +36,8 @@ from bench_cues import depth_errors, flow_errors  # noqa: E402
 
 from videocups_ray.config import Config, DepthConfig, FlowConfig, load_config, with_overrides  # noqa: E402
 from videocups_ray.cues import build_depth, build_flow  # noqa: E402
-from videocups_ray.cues.flow import RaftFlow  # noqa: E402
+from videocups_ray.cues.flow import PwcFlow, RaftFlow  # noqa: E402
+from videocups_ray.cues.monodepth import MonoDepth  # noqa: E402
 from videocups_ray.cues.training.build import build_cue_trainer  # noqa: E402
 from videocups_ray.pipelines.evaluate import evaluate_pseudolabels  # noqa: E402
 from videocups_ray.pipelines.pseudolabel import run_local, synth_source  # noqa: E402
@@ -52,7 +54,7 @@ def train(cfg: Config, task: str, out: Path) -> dict:
     done = out / f"{task}_summary.json"
     if done.is_file():
         summary = json.loads(done.read_text())
-        if summary["steps"] >= cfg.cue_training.max_steps:
+        if summary["steps"] >= cfg.cue_training.max_steps or summary.get("stopped") == "max_minutes":
             return summary
     return run_train_cues(cfg, task, "synth:", out, progress=False)
 
@@ -68,15 +70,24 @@ def latest_checkpoint(task: str, out: Path) -> dict | None:
             "images_per_s": None, "workers": None, "device": "cpu"}
 
 
+def flow_backend(cfg: Config, ckpt: str | None) -> dict:
+    """``cues.flow`` fields that load the trained flow checkpoint (the summary's overrides)."""
+    if cfg.cue_training.flow_net == "pwc":
+        return {"backend": "pwc", "checkpoint": ckpt}
+    return {"backend": "raft", "checkpoint": ckpt, "raft_arch": cfg.cues.flow.raft_arch,
+            "raft_iters": cfg.cues.flow.raft_iters}
+
+
 def bench_flow(cfg: Config, seqs: list[list], ckpt: str) -> dict[str, dict]:
     torch.manual_seed(cfg.cue_training.seed * 1000)  # rank 0's initialisation in training
     init_net = build_cue_trainer("flow", cfg).net
-    fc = cfg.cues.flow
+    fc = cfg.cues.flow.model_copy(update=flow_backend(cfg, ckpt))
+    name = "PWC-tiny" if fc.backend == "pwc" else fc.raft_arch
     ests = {"zero flow (baseline)": None, "DIS medium (default)": build_flow(FlowConfig()),
-            "RAFT at initialisation": RaftFlow(init_net, iters=fc.raft_iters),
-            "RAFT trained": build_flow(fc.model_copy(update={"backend": "raft", "checkpoint": ckpt})) if ckpt else None}
+            f"{name} at initialisation": (PwcFlow if fc.backend == "pwc" else RaftFlow)(init_net, iters=fc.raft_iters),
+            f"{name} trained": build_flow(fc) if ckpt else None}
     if not ckpt:
-        ests.pop("RAFT trained")
+        ests.pop(f"{name} trained")
     rows = {}
     for name, est in ests.items():
         acc = np.zeros(3)
@@ -97,7 +108,10 @@ def bench_depth(cfg: Config, seqs: list[list], ckpt: str) -> dict[str, dict]:
     dis = build_flow(FlowConfig())
     geo = build_depth(DepthConfig(), cfg.camera)
     trained = build_depth(cfg.cues.depth.model_copy(update={"backend": "monodepth", "checkpoint": ckpt})) if ckpt else None
-    names = ["geometry + DIS (default)", "trained network"][: 2 if ckpt else 1]
+    torch.manual_seed(cfg.cue_training.seed * 1000)  # rank 0's initialisation in training
+    dc = cfg.cues.depth
+    init = MonoDepth(build_cue_trainer("depth", cfg).net, min_depth=dc.min_depth, max_depth=dc.max_depth)
+    names = ["geometry + DIS (default)", "network at initialisation", "trained network"][: 3 if ckpt else 2]
     acc = {k: np.zeros((2, 3)) for k in (*names, "flat-ground prior (baseline)")}
     iou = {k: [0, 0] for k in names}
     for seq in seqs:
@@ -105,6 +119,7 @@ def bench_depth(cfg: Config, seqs: list[list], ckpt: str) -> dict[str, dict]:
         for a, b in zip(seq[:-1], seq[1:]):
             fr = dis([a], [b])
             outs = {"geometry + DIS (default)": geo([a], [b], fr)}
+            outs["network at initialisation"] = init([a])
             if trained is not None:
                 outs["trained network"] = trained([a])
             motion = a.extra["motion"].astype(bool)
@@ -131,8 +146,7 @@ def bench_stq(cfg: Config, ckpts: dict[str, str], out: Path, quick: bool) -> dic
                                                         "seed": 7, "sequences": 1 if quick else 2,
                                                         "frames": 10 if quick else 16})
     source = synth_source(base.synth)
-    flow_set = {"backend": "raft", "checkpoint": ckpts.get("flow"), "raft_arch": cfg.cues.flow.raft_arch,
-                "raft_iters": cfg.cues.flow.raft_iters}
+    flow_set = flow_backend(cfg, ckpts.get("flow"))
     depth_set = {"backend": "monodepth", "checkpoint": ckpts.get("depth"), "encoder": cfg.cues.depth.encoder}
     variants = {"default cues (DIS + geometry)": {}, "trained flow": {"flow": flow_set},
                 "trained depth + motion": {"depth": depth_set}, "both trained": {"flow": flow_set, "depth": depth_set}}

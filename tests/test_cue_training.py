@@ -11,6 +11,7 @@ import torch
 
 from videocups_ray.cli import build_parser
 from videocups_ray.config import Config, DepthConfig, FlowConfig, with_overrides
+from videocups_ray.cues import build_flow
 from videocups_ray.cues.flow import RaftFlow
 from videocups_ray.cues.monodepth import MonoDepth
 from videocups_ray.cues.training.build import backend_overrides, build_cue_trainer, save_backend_checkpoint
@@ -146,7 +147,7 @@ def test_cli_parses_train_cues():
 def test_train_cues_flow_resumes_after_a_failed_run(ray_session, tmp_path):
     from videocups_ray.pipelines.train_cues import run_train_cues
 
-    cfg = tiny_cfg(128, 128, fail_after_step=2, max_failures=0)
+    cfg = tiny_cfg(128, 128, fail_after_step=2, max_failures=0, flow_net="pwc", dis_teacher_weight=1.0)
     source = synth_source(cfg.synth)
     out = tmp_path / "flow"
     with pytest.raises(Exception, match="injected failure"):
@@ -157,16 +158,18 @@ def test_train_cues_flow_resumes_after_a_failed_run(ray_session, tmp_path):
     records = [json.loads(x) for x in (out / "flow_metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3, 4]
     assert (out / "flow_loss.png").stat().st_size > 1000
-    RaftFlow.from_config(FlowConfig(backend="raft", raft_arch="raft_tiny", checkpoint=summary["checkpoint"]))
+    assert summary["pseudolabel_overrides"][0] == "cues.flow.backend=pwc" and summary["stopped"] == "max_steps"
+    assert "loss_teacher" in records[-1]  # the DIS teacher column came through Ray Data
+    build_flow(FlowConfig(backend="pwc", checkpoint=summary["checkpoint"]))
 
 
 @pytest.mark.slow
 def test_train_cues_depth_writes_a_monodepth_checkpoint(ray_session, tmp_path):
     from videocups_ray.pipelines.train_cues import run_train_cues
 
-    cfg = tiny_cfg(max_steps=2)
+    cfg = tiny_cfg(max_steps=50, max_minutes=1e-4)  # the time budget stops it at the first logged step
     summary = run_train_cues(cfg, "depth", MemorySource(list(synth_source(cfg.synth))), tmp_path / "d",
                              progress=False)
-    assert summary["steps"] == 2 and summary["device"] == "cpu"
+    assert summary["steps"] == 1 and summary["stopped"] == "max_minutes" and summary["device"] == "cpu"
     est = MonoDepth.from_config(DepthConfig(backend="monodepth", checkpoint=summary["checkpoint"]))
     assert est.net is not None

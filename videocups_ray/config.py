@@ -80,7 +80,7 @@ class FlowConfig(_Section):
 
     # oracle = SynthDrive ground truth; simulated = oracle cues after sleeping cost_ms (a load
     # generator for benchmarks and tests of orchestration, never for labels: cues/simulated.py)
-    backend: Literal["dis", "raft", "oracle", "simulated"] = "dis"
+    backend: Literal["dis", "raft", "pwc", "oracle", "simulated"] = "dis"  # pwc: PWC-tiny, train-cues' CPU net
     dis_preset: Literal["ultrafast", "fast", "medium"] = "medium"  # chosen by bench_cues.py
     # DIS starts a pair from the previous pair's flow within one batch of consecutive frames
     # (issue 13; bench_pseudolabels.py --cue-variants); never across calls, so never across videos
@@ -436,6 +436,7 @@ class CueTrainingConfig(_Section):
     augment_tasks: int = Field(1, ge=1)  # concurrent augmentation tasks (each a ~1 GB torch process)
     # --- optimisation (Ray Train: DDP or DeepSpeed ZeRO, elastic worker counts)
     max_steps: int = Field(2000, ge=1)  # optimizer steps in total (over all epochs)
+    max_minutes: float | None = Field(None, gt=0)  # wall-clock budget of one run's loop; stops with a checkpoint
     batch_size: int = Field(2, ge=1)  # windows per worker per step
     lr: float = Field(1e-4, gt=0)  # AdamW learning rate (UFlow, Monodepth2: 1e-4)
     weight_decay: float = Field(1e-4, ge=0)  # AdamW weight decay
@@ -453,6 +454,7 @@ class CueTrainingConfig(_Section):
     seed: int = 0  # torch / numpy seed (per rank: seed * 1000 + rank)
     fail_after_step: int | None = Field(None, ge=1)  # test hook: raise once right after this step's checkpoint
     # --- flow losses (UFlow / SMURF)
+    flow_net: Literal["raft", "pwc"] = "raft"  # raft: cues.flow.raft_arch; pwc: PWC-tiny (fast on CPUs)
     flow_iters: int = Field(6, ge=1)  # RAFT refinement iterations in training
     flow_gamma: float = Field(0.8, gt=0, le=1)  # weight of iteration i is gamma^(iters-1-i) (RAFT sequence loss)
     photometric: Literal["census", "ssim"] = "census"  # census (UFlow) or SSIM + L1 (Monodepth2)
@@ -462,6 +464,7 @@ class CueTrainingConfig(_Section):
     edge_weight: float = Field(150.0, ge=0)  # edge-awareness: exp(-edge_weight * |grad I|), I in [0, 1]
     occlusion_after: int = Field(100, ge=0)  # steps before fw-bw occlusion masking starts (UFlow warm-up)
     occlusion_penalty: float = Field(2.0, ge=0)  # photometric cost of a fw-bw occluded pixel (UnFlow's lambda_p)
+    dis_teacher_weight: float = Field(0.0, ge=0)  # robust L1 to DIS flow on its fw-bw consistent pixels; 0 = pure UFlow
     selfsup_weight: float = Field(0.0, ge=0)  # SMURF self-supervision from a full-image teacher; 0 = off
     selfsup_after: int = Field(500, ge=0)  # steps before self-supervision starts
     selfsup_crop: float = Field(0.1, ge=0, lt=0.5)  # crop this fraction from each side for the student
@@ -476,6 +479,7 @@ class CueTrainingConfig(_Section):
     height_weight: float = Field(0.1, ge=0)  # metric scale: |log(road height) - log(camera.camera_height)|
     road_region: tuple[float, float, float, float] = (0.8, 1.0, 0.35, 0.65)  # rows/cols fractions assumed road
     pose_width: int = Field(16, ge=4)  # channels of the first pose-net conv (doubles per stride-2 layer)
+    init_depth: float | None = Field(10.0, gt=0)  # metres a fresh depth net predicts (head bias); None = sigmoid(0)
 
 
 # --------------------------------------------------------------------------- top level

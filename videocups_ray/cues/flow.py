@@ -6,6 +6,8 @@ Backends (``FlowConfig.backend``):
 - ``raft``: torchvision's RAFT architecture (``raft_small`` / ``raft_large``, ``weights=None``)
   loading a local checkpoint in torchvision's layout; forward and backward pairs run in one
   batch on the configured device.
+- ``pwc``: PWC-tiny (``cues/pwc.py``), a small coarse-to-fine network trained on CPUs by
+  ``videocups train-cues flow`` (``cue_training.flow_net: pwc``), from a local checkpoint.
 - ``oracle``: SynthDrive ground truth carried by the ``Frame`` objects.
 
 Occlusion for ``dis`` and ``raft`` is the forward-backward consistency test of
@@ -164,6 +166,23 @@ def build_raft_net(arch: str) -> torch.nn.Module:
     return builders[arch](weights=None, progress=False)
 
 
+def flow_net_predictions(net: torch.nn.Module, a: torch.Tensor, b: torch.Tensor, iters: int) -> list[torch.Tensor]:
+    """Every prediction (RAFT: one per iteration; PWC-tiny: one per level) of ``a -> b`` at input
+    size; inputs ``B x 3 x H x W`` in [-1, 1], padded here (replicate) to the net's stride."""
+    import torch.nn.functional as F
+
+    from videocups_ray.cues.pwc import PwcTiny
+
+    h, w = a.shape[-2:]
+    stride = net.stride if isinstance(net, PwcTiny) else 8
+    ph, pw = (-h) % stride, (-w) % stride
+    if ph or pw:
+        a = F.pad(a, (0, pw, 0, ph), mode="replicate")
+        b = F.pad(b, (0, pw, 0, ph), mode="replicate")
+    preds = net(a, b) if isinstance(net, PwcTiny) else net(a, b, num_flow_updates=iters)
+    return [p[..., :h, :w] for p in preds]
+
+
 class RaftFlow(NetEstimator):
     """RAFT (torchvision layout) from a local checkpoint, batched fw+bw on one device.
 
@@ -171,6 +190,7 @@ class RaftFlow(NetEstimator):
     """
 
     name = "raft"
+    min_side = 128  # px; smaller frames are an error
 
     def __init__(self, net: torch.nn.Module, *, iters: int = 12, batch_size: int = 4,
                  device: str = "cpu", occlusion: tuple[float, float] = (0.01, 0.5)) -> None:
@@ -191,16 +211,9 @@ class RaftFlow(NetEstimator):
 
     def _flow(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         import torch
-        import torch.nn.functional as F
 
         with torch.inference_mode():
-            h, w = a.shape[-2:]
-            ph, pw = (-h) % 8, (-w) % 8
-            if ph or pw:
-                a = F.pad(a, (0, pw, 0, ph), mode="replicate")
-                b = F.pad(b, (0, pw, 0, ph), mode="replicate")
-            out = self.net(a, b, num_flow_updates=self.iters)[-1]
-            return out[..., :h, :w]
+            return flow_net_predictions(self.net, a, b, self.iters)[-1]
 
     def __call__(self, frames_t: FrameBatch, frames_t1: FrameBatch) -> FlowResult:
         import torch
@@ -208,9 +221,10 @@ class RaftFlow(NetEstimator):
         self._ensure_setup()
         img_t, img_t1 = as_images(frames_t, "frames_t"), as_images(frames_t1, "frames_t1")
         check_pair(img_t, img_t1)
-        if min(img_t.shape[1:3]) < 128:
-            # the 4-level correlation pyramid on 1/8 features needs >= 16 cells per side
-            raise DataError(f"raft flow: frames of {img_t.shape[1:3]} are too small (min side 128 px)")
+        if min(img_t.shape[1:3]) < self.min_side:
+            # RAFT: the 4-level correlation pyramid on 1/8 features needs >= 16 cells per side
+            raise DataError(f"{self.name} flow: frames of {img_t.shape[1:3]} are too small "
+                            f"(min side {self.min_side} px)")
         fw_all, bw_all = [], []
         for s in range(0, len(img_t), self.batch_size):
             a = torch.from_numpy(img_t[s : s + self.batch_size]).to(self.device)
@@ -221,10 +235,28 @@ class RaftFlow(NetEstimator):
             n = a.shape[0]
             fw_all.append(both[:n].permute(0, 2, 3, 1).float().cpu().numpy())
             bw_all.append(both[n:].permute(0, 2, 3, 1).float().cpu().numpy())
-        fw = _finite_or_raise(np.concatenate(fw_all), "raft")
-        bw = _finite_or_raise(np.concatenate(bw_all), "raft")
+        fw = _finite_or_raise(np.concatenate(fw_all), self.name)
+        bw = _finite_or_raise(np.concatenate(bw_all), self.name)
         occ_fw, occ_bw = occlusion_masks(fw, bw, *self.occlusion)
         return FlowResult(fw, bw, occ_fw, occ_bw)
+
+
+class PwcFlow(RaftFlow):
+    """PWC-tiny (``cues/pwc.py``) from a local checkpoint written by ``videocups train-cues flow``;
+    batching, padding and occlusion as :class:`RaftFlow` (``raft_iters`` is unused: one pass)."""
+
+    name = "pwc"
+    min_side = 32
+
+    @classmethod
+    def from_config(cls, cfg: FlowConfig) -> "PwcFlow":
+        from videocups_ray.cues.pwc import PwcTiny
+
+        path = require_checkpoint(cfg.checkpoint, "flow backend 'pwc'", "cues.flow.checkpoint")
+        net = PwcTiny()
+        load_checkpoint(net, path)
+        return cls(net, iters=1, batch_size=cfg.batch_size, device=cfg.device,
+                   occlusion=(cfg.occlusion_alpha1, cfg.occlusion_alpha2))
 
 
 class OracleFlow(Estimator):
@@ -263,7 +295,8 @@ class OracleFlow(Estimator):
 
 def build_flow(cfg: FlowConfig) -> Estimator:
     """The flow estimator named by ``cfg.backend`` (not yet set up)."""
-    builders = {"dis": DisFlow.from_config, "raft": RaftFlow.from_config, "oracle": OracleFlow.from_config}
+    builders = {"dis": DisFlow.from_config, "raft": RaftFlow.from_config, "pwc": PwcFlow.from_config,
+                "oracle": OracleFlow.from_config}
     if cfg.backend == "simulated":
         from videocups_ray.cues.simulated import SimulatedFlow
 

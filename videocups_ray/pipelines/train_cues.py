@@ -41,7 +41,14 @@ from videocups_ray.cues.training.build import (
     build_cue_trainer,
     save_backend_checkpoint,
 )
-from videocups_ray.cues.training.windows import WINDOW_LENGTH, augment_window, dis_flows, plan_windows, read_window
+from videocups_ray.cues.training.windows import (
+    WINDOW_LENGTH,
+    augment_window,
+    dis_flows,
+    dis_pair_flows,
+    plan_windows,
+    read_window,
+)
 from videocups_ray.data.checkpoints import read_torch_file
 from videocups_ray.data.sources import FrameSource
 from videocups_ray.data.types import DataError
@@ -53,7 +60,7 @@ from videocups_ray.pipelines.train_loop import InjectedFailure, _make_strategy
 log = logging.getLogger(__name__)
 
 STATE_FILE = "cue_train_state.pt"
-MODEL_INPUTS = {"flow": ("images",), "depth": ("images", "K", "flow")}  # batch columns each trainer takes
+MODEL_INPUTS = {"flow": ("images", "teacher"), "depth": ("images", "K", "flow")}  # batch columns each trainer takes
 
 
 def metrics_file(task: str) -> str:
@@ -89,8 +96,9 @@ class WindowReader:
 
 
 def augment_windows(batch: dict[str, np.ndarray], *, task: str, flip_prob: float, color_jitter: float,
-                    dis_preset: str) -> dict[str, np.ndarray]:
-    """``map_batches`` step: fresh augmentation per window (and, for depth, the DIS flows)."""
+                    dis_preset: str, teacher: bool = False) -> dict[str, np.ndarray]:
+    """``map_batches`` step: fresh augmentation per window (and the DIS flows: for depth always,
+    for flow when ``teacher``)."""
     rng = np.random.default_rng()
     images, Ks, flows = [], [], []
     for img, K in zip(batch["images"], batch["K"]):
@@ -99,9 +107,11 @@ def augment_windows(batch: dict[str, np.ndarray], *, task: str, flip_prob: float
         Ks.append(K)
         if task == "depth":
             flows.append(dis_flows(img, dis_preset))
+        elif teacher:
+            flows.append(dis_pair_flows(img, dis_preset))
     out = {"images": np.stack(images), "K": np.stack(Ks)}
-    if task == "depth":
-        out["flow"] = np.stack(flows)
+    if flows:
+        out["flow" if task == "depth" else "teacher"] = np.stack(flows)
     return out
 
 
@@ -122,7 +132,8 @@ def build_window_dataset(cfg: Config, task: str, source: FrameSource, windows: l
     return ds.map_batches(augment_windows, batch_size=8, batch_format="numpy", num_cpus=ct.reader_cpus,
                           compute=ray.data.TaskPoolStrategy(size=ct.augment_tasks),
                           fn_kwargs={"task": task, "flip_prob": ct.flip_prob, "color_jitter": ct.color_jitter,
-                                     "dis_preset": cfg.cues.flow.dis_preset})
+                                     "dis_preset": cfg.cues.flow.dis_preset,
+                                     "teacher": task == "flow" and ct.dis_teacher_weight > 0})
 
 
 # --------------------------------------------------------------------------- worker loop
@@ -163,7 +174,9 @@ def cue_train_loop(config: dict[str, Any]) -> None:
     shard = ray.train.get_dataset_shard("train")
     frames_per_window = WINDOW_LENGTH[task]
     t_log, since_log = time.perf_counter(), 0
-    while step < ct.max_steps:
+    deadline = t_log + 60 * ct.max_minutes if ct.max_minutes else None
+    out_of_time = False
+    while step < ct.max_steps and not out_of_time:
         batches = 0
         for batch in shard.iter_batches(batch_size=ct.batch_size, batch_format="numpy", drop_last=True,
                                         local_shuffle_buffer_size=ct.shuffle_buffer or None):
@@ -174,7 +187,10 @@ def cue_train_loop(config: dict[str, Any]) -> None:
             step += 1
             since_log += 1
             metrics: dict[str, Any] = {"step": step, "epoch": epoch}
-            if step % ct.log_every == 0 or step % ct.checkpoint_every == 0 or step == ct.max_steps:
+            if deadline is not None and step % ct.log_every == 0:
+                out_of_time = _agreed(time.perf_counter() > deadline, world, device)
+            last = step == ct.max_steps or out_of_time
+            if step % ct.log_every == 0 or step % ct.checkpoint_every == 0 or last:
                 now = time.perf_counter()
                 dt = max(now - t_log, 1e-9)
                 metrics.update({f"loss_{k}": round(float(v.detach()), 5) for k, v in losses.items()})
@@ -182,22 +198,34 @@ def cue_train_loop(config: dict[str, Any]) -> None:
                                steps_per_s=round(since_log / dt, 4),
                                images_per_s=round(since_log * world * ct.batch_size * frames_per_window / dt, 3),
                                max_steps=ct.max_steps, workers=world, strategy=ct.strategy,
-                               device=str(device), resumed_from=start_step, time=time.time())
+                               device=str(device), resumed_from=start_step, time=time.time(),
+                               stopped="max_minutes" if out_of_time else None)
                 if rank == 0:
                     with open(run_dir / metrics_file(task), "a") as f:
                         f.write(json.dumps(metrics) + "\n")
                 t_log, since_log = now, 0
-            if step % ct.checkpoint_every == 0 or step == ct.max_steps:
+            if step % ct.checkpoint_every == 0 or last:
                 _report_checkpoint(task, strategy, module, rank, world, step, epoch, metrics)
             if ct.fail_after_step is not None and step == ct.fail_after_step and start_step < step:
                 raise InjectedFailure(f"cue_training.fail_after_step={step}: injected failure on rank {rank}")
-            if step >= ct.max_steps:
+            if step >= ct.max_steps or out_of_time:
                 break
         if batches == 0:
             raise DataError(f"rank {rank}: the window dataset gave this worker no batch of {ct.batch_size}; "
                             "use fewer workers, a smaller cue_training.batch_size or more video")
         if step < ct.max_steps:
             epoch += 1
+
+
+def _agreed(flag: bool, world: int, device) -> bool:
+    """True on every rank when any rank says True (ranks stop at the same step)."""
+    if world == 1:
+        return flag
+    import torch.distributed as dist
+
+    t = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
 
 
 def _report_checkpoint(task: str, strategy, module, rank: int, world: int, step: int, epoch: int,
@@ -246,7 +274,7 @@ def run_train_cues(cfg: Config, task: str, input_spec: str | os.PathLike | Frame
 
     ``workers`` / ``strategy`` / ``max_steps`` override ``cue_training`` (the CLI's flags).
     Returns the summary (also in ``out/<task>_summary.json``): checkpoint, pseudolabel_overrides,
-    steps, resumed_from, workers, device, windows, seconds, images_per_s, metrics, loss_plot.
+    steps, resumed_from, stopped (``max_steps`` or ``max_minutes``), workers, device, windows, seconds, images_per_s, metrics, loss_plot.
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -303,6 +331,7 @@ def run_train_cues(cfg: Config, task: str, input_spec: str | os.PathLike | Frame
     summary = {
         "task": task, "checkpoint": str(final), "pseudolabel_overrides": backend_overrides(task, cfg, final),
         "steps": int(state["step"]), "resumed_from": last.get("resumed_from", 0),
+        "stopped": last.get("stopped") or "max_steps",
         "workers": [lo, hi], "device": "cuda" if use_gpu else "cpu", "strategy": ct.strategy,
         "windows": len(windows), "seconds": round(time.perf_counter() - t0, 2),
         "images_per_s": _mean(r.get("images_per_s") for r in timed), "metrics": last,

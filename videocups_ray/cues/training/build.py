@@ -23,9 +23,11 @@ def build_cue_trainer(task: str, cfg: Config) -> nn.Module:
     ct = cfg.cue_training
     if task == "flow":
         from videocups_ray.cues.flow import build_raft_net
+        from videocups_ray.cues.pwc import PwcTiny
         from videocups_ray.cues.training.flow import FlowSelfSupervised
 
-        return FlowSelfSupervised.from_config(build_raft_net(cfg.cues.flow.raft_arch), ct)
+        net = PwcTiny() if ct.flow_net == "pwc" else build_raft_net(cfg.cues.flow.raft_arch)
+        return FlowSelfSupervised.from_config(net, ct)
     if task == "depth":
         from videocups_ray.cues.monodepth import DepthMotionNet
         from videocups_ray.cues.training.depth import DepthSelfSupervised
@@ -42,6 +44,8 @@ def save_backend_checkpoint(trainer: nn.Module, path: str | Path) -> Path:
 
 def backend_overrides(task: str, cfg: Config, path: str | Path) -> list[str]:
     """The ``--set`` overrides that make ``videocups pseudolabel`` use the trained checkpoint."""
+    if task == "flow" and cfg.cue_training.flow_net == "pwc":
+        return ["cues.flow.backend=pwc", f"cues.flow.checkpoint={path}"]
     if task == "flow":
         return ["cues.flow.backend=raft", f"cues.flow.checkpoint={path}", f"cues.flow.raft_arch={cfg.cues.flow.raft_arch}"]
     return ["cues.depth.backend=monodepth", f"cues.depth.checkpoint={path}", f"cues.depth.encoder={cfg.cues.depth.encoder}",

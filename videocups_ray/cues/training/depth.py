@@ -88,7 +88,7 @@ class DepthSelfSupervised(nn.Module):
                  motion_margin: float = 0.02, motion_weight: float = 1.0, motion_smooth_weight: float = 1e-3,
                  motion_after: int = 200, height_weight: float = 0.1,
                  road_region: tuple[float, float, float, float] = (0.8, 1.0, 0.35, 0.65), pose_width: int = 16,
-                 edge_weight: float = 1.0) -> None:
+                 edge_weight: float = 1.0, init_depth: float | None = None) -> None:
         super().__init__()
         r0, r1, c0, c1 = road_region
         if not (0 <= r0 < r1 <= 1 and 0 <= c0 < c1 <= 1) or not 0 < min_depth < max_depth:
@@ -100,6 +100,23 @@ class DepthSelfSupervised(nn.Module):
         self.motion_margin, self.motion_weight = motion_margin, motion_weight
         self.motion_smooth_weight, self.motion_after = motion_smooth_weight, motion_after
         self.height_weight, self.road_region, self.edge_weight = height_weight, road_region, edge_weight
+        if init_depth is not None:
+            self.init_disparity(init_depth)
+
+    def init_disparity(self, depth: float) -> None:
+        """Set the disparity heads' bias so a fresh network predicts about ``depth`` metres
+        everywhere (sigmoid(0) would mean ~2 min_depth, far nearer than a road scene), and the
+        motion head's bias to probability ~0.05: training then starts near the road's scale."""
+        if not self.min_depth < depth < self.max_depth:
+            raise ValueError(f"init_depth {depth} outside ({self.min_depth}, {self.max_depth})")
+        lo, hi = 1.0 / self.max_depth, 1.0 / self.min_depth
+        d = (1.0 / depth - lo) / (hi - lo)
+        n_up = 2 * 5  # Decoder.decoder: 10 ConvBlocks, then one head per scale
+        with torch.no_grad():
+            for head in list(self.net.depth_decoder.decoder)[n_up:]:
+                head.conv.bias.fill_(float(torch.logit(torch.tensor(d))))
+            for head in list(self.net.motion_decoder.decoder)[n_up:]:
+                head.conv.bias.fill_(float(torch.logit(torch.tensor(0.05))))
 
     @classmethod
     def from_config(cls, net: DepthMotionNet, ct, depth_cfg, camera) -> "DepthSelfSupervised":
@@ -109,7 +126,7 @@ class DepthSelfSupervised(nn.Module):
                    disp_smooth_weight=ct.disp_smooth_weight, automask=ct.automask, motion_margin=ct.motion_margin,
                    motion_weight=ct.motion_weight, motion_smooth_weight=ct.motion_smooth_weight,
                    motion_after=ct.motion_after, height_weight=ct.height_weight, road_region=ct.road_region,
-                   pose_width=ct.pose_width)
+                   pose_width=ct.pose_width, init_depth=ct.init_depth)
 
     def _err(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return ssim_l1(a, b, self.ssim_weight)

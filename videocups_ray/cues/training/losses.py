@@ -60,10 +60,12 @@ def census_transform(img: torch.Tensor, radius: int = 3) -> torch.Tensor:
     return d / torch.sqrt(0.81 + d * d)
 
 
-def census_loss(a: torch.Tensor, b: torch.Tensor, radius: int = 3) -> torch.Tensor:
+def census_loss(a: torch.Tensor, b: torch.Tensor, radius: int = 3, ta: torch.Tensor | None = None) -> torch.Tensor:
     """Per-pixel robust soft-Hamming distance of the census transforms of ``a`` and ``b`` (UFlow),
-    ``B x 1 x H x W``; insensitive to brightness changes between frames."""
-    ta, tb = census_transform(a, radius), census_transform(b, radius)
+    ``B x 1 x H x W``; insensitive to brightness changes between frames. ``ta``: ``a``'s census
+    transform when the caller already has it (one target, several reconstructions)."""
+    ta = census_transform(a, radius) if ta is None else ta
+    tb = census_transform(b, radius)
     d2 = (ta - tb).pow(2)
     hamming = (d2 / (0.1 + d2)).sum(1, keepdim=True)
     return (hamming.abs() + 0.01).pow(0.4)
@@ -87,10 +89,12 @@ def ssim_l1(a: torch.Tensor, b: torch.Tensor, alpha: float = 0.85) -> torch.Tens
     return alpha * ssim_map(a, b) + (1 - alpha) * (a - b).abs().mean(1, keepdim=True)
 
 
-def photometric(a: torch.Tensor, b: torch.Tensor, kind: str, census_radius: int = 3) -> torch.Tensor:
-    """Per-pixel error between target ``a`` and reconstruction ``b``: ``census`` or ``ssim``."""
+def photometric(a: torch.Tensor, b: torch.Tensor, kind: str, census_radius: int = 3,
+                ta: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-pixel error between target ``a`` and reconstruction ``b``: ``census`` or ``ssim``
+    (``ta``: ``a``'s census transform, reused across calls)."""
     if kind == "census":
-        return census_loss(a, b, census_radius)
+        return census_loss(a, b, census_radius, ta)
     if kind == "ssim":
         return ssim_l1(a, b)
     raise ValueError(f"unknown photometric loss {kind!r}; known: census, ssim")

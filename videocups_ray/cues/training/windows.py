@@ -69,6 +69,17 @@ def augment_window(images: np.ndarray, K: np.ndarray, rng: np.random.Generator, 
     return np.ascontiguousarray(images), K
 
 
+def dis_pair_flows(images: np.ndarray, preset: str = "medium") -> np.ndarray:
+    """DIS flow of a pair both ways: ``2 x H x W x 2`` float32 (0 -> 1, 1 -> 0), the flow
+    trainer's proxy teacher (``cue_training.dis_teacher_weight``)."""
+    from videocups_ray.cues.flow import DisFlow
+
+    dis = DisFlow(preset)
+    dis.setup("cpu")
+    r = dis(images[0:1], images[1:2])
+    return np.stack([r.fw[0], r.bw[0]]).astype(np.float32)
+
+
 def dis_flows(images: np.ndarray, preset: str = "medium") -> np.ndarray:
     """DIS flow from the centre frame of a triplet to each neighbour: ``2 x H x W x 2`` float32
     (t -> t-1, t -> t+1); the depth loss uses it to explain independently moving pixels."""
