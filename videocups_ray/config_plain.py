@@ -22,6 +22,9 @@ _BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
            ast.Pow: operator.pow, ast.FloorDiv: operator.floordiv}
 
 
+_FACTORIES = {"dict": dict, "list": list, "set": set}
+
+
 @lru_cache(maxsize=1)
 def _classes() -> dict[str, ast.ClassDef]:
     tree = ast.parse(_CONFIG_SOURCE.read_text(), str(_CONFIG_SOURCE))
@@ -39,9 +42,12 @@ def _value(node: ast.expr, where: str) -> Any:
         return _BINOPS[type(node.op)](_value(node.left, where), _value(node.right, where))
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
         if node.func.id == "Field":  # Field(default, ge=..., ...): the default is the first argument
-            if not node.args:
-                raise ValueError(f"{where}: Field() without a positional default")
-            return _value(node.args[0], where)
+            if node.args:
+                return _value(node.args[0], where)
+            factory = next((k.value for k in node.keywords if k.arg == "default_factory"), None)
+            if isinstance(factory, ast.Name) and factory.id in _FACTORIES:  # a fresh container per call
+                return _FACTORIES[factory.id]()
+            raise ValueError(f"{where}: Field() without a positional default or a dict/list/set factory")
         if node.func.id in _classes():  # a nested section, e.g. ActorResources(num_cpus=0.25)
             kwargs = {k.arg: _value(k.value, where) for k in node.keywords}
             return plain_section(node.func.id, **kwargs)
