@@ -86,3 +86,21 @@ def test_augment_step_adds_the_dis_teacher_only_when_asked():
     assert with_teacher["teacher"].shape == (1, 2, 64, 128, 2) and "teacher" in MODEL_INPUTS["flow"]
     assert np.array_equal(with_teacher["teacher"][0], dis_pair_flows(w["images"]))
     assert "teacher" not in augment_windows(batch, **kw)
+
+
+def test_pwc_coarse_levels_start_flat_and_bad_sharpness_is_refused():
+    torch.manual_seed(0)
+    net = PwcTiny()
+    assert torch.allclose(net.log_beta.exp(), torch.tensor([10.0, 10.0, 1.0, 1.0]))
+    # a flat softmax at the coarse levels keeps a fresh network's coarse flow small on unrelated images
+    a, b = torch.rand(1, 3, 64, 128) * 2 - 1, torch.rand(1, 3, 64, 128) * 2 - 1
+    with torch.no_grad():
+        coarse = net(a, b)[0]
+    sharp = PwcTiny(init_sharpness=(10.0, 10.0, 10.0, 10.0))
+    sharp.load_state_dict({**net.state_dict(), "log_beta": sharp.log_beta.data})
+    with torch.no_grad():
+        assert coarse.abs().mean() < sharp(a, b)[0].abs().mean()
+    with pytest.raises(ValueError, match="init_sharpness"):
+        PwcTiny(init_sharpness=(1.0, 1.0))
+    with pytest.raises(ValueError, match="sharpness > 0"):
+        PwcTiny(init_sharpness=(1.0, 1.0, 0.0, 1.0))
