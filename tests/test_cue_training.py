@@ -173,3 +173,61 @@ def test_train_cues_depth_writes_a_monodepth_checkpoint(ray_session, tmp_path):
     assert summary["steps"] == 1 and summary["stopped"] == "max_minutes" and summary["device"] == "cpu"
     est = MonoDepth.from_config(DepthConfig(backend="monodepth", checkpoint=summary["checkpoint"]))
     assert est.net is not None
+
+
+def test_drop_metrics_after_keeps_what_a_resumed_run_does_not_repeat(tmp_path):
+    from videocups_ray.pipelines.train_cues import drop_metrics_after
+
+    path = tmp_path / "flow_metrics.jsonl"
+    assert drop_metrics_after(path, 3) == 0  # no file yet
+    path.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in (1, 2, 3, 4, 5)))
+    assert drop_metrics_after(path, 4) == 1
+    assert [json.loads(x)["step"] for x in path.read_text().splitlines()] == [1, 2, 3, 4]
+
+
+@pytest.mark.slow
+def test_train_cues_resumes_after_sigkill_of_the_whole_command(tmp_path):
+    """SIGKILL of the `videocups train-cues flow` process group once a checkpoint exists; the
+    same command then resumes from it, finishes, and logs every step once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "flow"
+    sets = ["synth.sequences=1", "synth.frames=4", "synth.height=64", "synth.width=128", "synth.seed=3",
+            "cue_training.height=64", "cue_training.width=128", "cue_training.flow_net=pwc",
+            "cue_training.batch_size=1", "cue_training.checkpoint_every=2", "cue_training.log_every=1",
+            "cue_training.torch_threads=1", "cue_training.cpus_per_worker=0.5", "cue_training.shuffle_buffer=0",
+            "ray.num_cpus=2"]
+    cmd = [sys.executable, "-m", "videocups_ray.cli", "train-cues", "flow", "--input", "synth:", "--out", str(out),
+           "--steps", "400", "--quiet", *[a for s in sets for a in ("--set", s)]]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    log = tmp_path / "train.log"
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=log.open("w"))
+    try:
+        deadline = time.monotonic() + 400
+        while time.monotonic() < deadline and proc.poll() is None:
+            if list((out / "cues_flow").glob("checkpoint_*/cue_train_state.pt")):
+                time.sleep(3)  # let it log a few steps past the checkpoint
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, f"the run ended before it could be killed:\n{log.read_text()[-3000:]}"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    assert not (out / "flow_summary.json").exists()
+    logged = [json.loads(x)["step"] for x in (out / "flow_metrics.jsonl").read_text().splitlines()]
+    final = max(logged) + 4
+    rerun = subprocess.run([*cmd[:cmd.index("--steps") + 1], str(final), *cmd[cmd.index("--steps") + 2:]],
+                           env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    summary = json.loads((out / "flow_summary.json").read_text())
+    assert summary["steps"] == final and 2 <= summary["resumed_from"] < final
+    assert summary["resumed_from"] % 2 == 0  # a checkpoint step
+    steps = [json.loads(x)["step"] for x in (out / "flow_metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, final + 1)), steps
+    build_flow(FlowConfig(backend="pwc", checkpoint=summary["checkpoint"]))

@@ -146,6 +146,22 @@ def strategy_config(cfg: Config) -> Config:
                                       "ddp_find_unused": True})
 
 
+def drop_metrics_after(path: Path, step: int) -> int:
+    """Remove the records of steps after ``step`` (the checkpoint a run resumes from) from a
+    metrics file; returns how many were dropped. A run killed between two checkpoints has logged
+    steps that the resumed run repeats."""
+    if not path.is_file():
+        return 0
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [line for line in lines if json.loads(line)["step"] <= step]
+    if len(kept) < len(lines):
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, path)
+        log.info("%s: dropped %d records logged after the checkpoint at step %d", path, len(lines) - len(kept), step)
+    return len(lines) - len(kept)
+
+
 def cue_train_loop(config: dict[str, Any]) -> None:
     """Ray Train entry point. ``config``: cfg (Config as data), task, run_dir."""
     import ray.train
@@ -171,6 +187,8 @@ def cue_train_loop(config: dict[str, Any]) -> None:
             strategy.restore(Path(d), state)
             step = start_step = int(state["step"])
             epoch = int(state["epoch"])
+        if rank == 0:  # steps logged after that checkpoint by a killed run are run again: log them once
+            drop_metrics_after(run_dir / metrics_file(task), start_step)
     shard = ray.train.get_dataset_shard("train")
     frames_per_window = WINDOW_LENGTH[task]
     t_log, since_log = time.perf_counter(), 0
