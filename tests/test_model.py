@@ -252,3 +252,21 @@ def test_backbone_checkpoint_with_no_matching_key_is_an_error(tmp_path):
     torch.save(foreign, tmp_path / "vit.pth")
     with pytest.raises(CheckpointError, match="vit.pth"):
         load_backbone_checkpoint(body, tmp_path / "vit.pth")
+
+
+def test_tracking_loss_stays_bounded_when_the_track_head_outputs_are_huge(batch):
+    """Embeddings are L2-normalised before the cosine / T logits, so scaling the track head's
+    weights by 1e4 cannot blow the MaskTrack cross-entropy up (issue 14: it reached ~90)."""
+    torch.manual_seed(0)
+    cfg = tiny_cfg()
+    model = build_model(cfg, META.num_stuff, META.num_thing, TrainConfig()).train()
+    with torch.no_grad():
+        model.roi_heads.track_head.fc2.weight.mul_(1e4)
+        model.roi_heads.track_head.fc2.bias.mul_(1e4)
+    loss = model(**batch)["loss_track"]
+    refs = max(len(t["boxes"]) for t in batch["ref_targets"])
+    bound = float(np.log(1 + refs)) + 2 / cfg.track_temperature  # CE with logits in [-1/T, 1/T]
+    assert torch.isfinite(loss) and 0 < float(loss.detach()) <= bound
+    loss.backward()
+    grad = model.roi_heads.track_head.fc2.weight.grad
+    assert grad is not None and torch.isfinite(grad).all()

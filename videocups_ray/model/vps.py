@@ -214,6 +214,7 @@ def build_model(
         nms_threshold=cfg.nms_threshold,
         detections_per_image=cfg.detections_per_image,
         drop_loss_iou=train_cfg.drop_loss_iou if train_cfg.drop_loss else None,
+        track_temperature=cfg.track_temperature,
     )
     return PanopticCascadeMaskTrackRCNN(
         backbone=backbone,
