@@ -270,3 +270,16 @@ def test_tracking_loss_stays_bounded_when_the_track_head_outputs_are_huge(batch)
     loss.backward()
     grad = model.roi_heads.track_head.fc2.weight.grad
     assert grad is not None and torch.isfinite(grad).all()
+
+
+def test_reference_frame_without_grad_still_trains_every_head(batch):
+    """``model.ref_frame_grad=False`` (the cheap CPU step): the reference frame's backbone pass
+    builds no graph, yet the track head trains on both frames and the backbone on the key frame."""
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(ref_frame_grad=False), META.num_stuff, META.num_thing, TrainConfig()).train()
+    losses = model(**batch)
+    assert all(torch.isfinite(v) for v in losses.values()) and losses["loss_track"] > 0
+    sum(losses.values()).backward()
+    for name, param in {"conv1": model.backbone.body.conv1.weight, "track": model.roi_heads.track_head.fc1.weight,
+                        "semantic": model.semantic_head.predictor.weight}.items():
+        assert param.grad is not None and param.grad.abs().sum() > 0, f"{name} got no gradient"
