@@ -375,6 +375,7 @@ class TrainConfig(_Section):
     copy_paste_min_pixels: int = Field(16, ge=1)  # a tube needs this many pixels in each frame
     self_enhanced: bool = True
     self_enhanced_after: int = Field(200, ge=0)  # warm-up steps
+    self_enhanced_every: int = Field(1, ge=1)  # predict self-enhanced tubes every k-th step (a forward per pair)
     self_enhanced_score: float = Field(0.75, ge=0, le=1)  # min prediction score to paste
     self_enhanced_iou: float = Field(0.5, gt=0, le=1)  # skip predictions at this IoU with pseudo boxes
     seed: int = 0
