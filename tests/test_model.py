@@ -252,3 +252,34 @@ def test_backbone_checkpoint_with_no_matching_key_is_an_error(tmp_path):
     torch.save(foreign, tmp_path / "vit.pth")
     with pytest.raises(CheckpointError, match="vit.pth"):
         load_backbone_checkpoint(body, tmp_path / "vit.pth")
+
+
+def test_tracking_loss_stays_bounded_when_the_track_head_outputs_are_huge(batch):
+    """Embeddings are L2-normalised before the cosine / T logits, so scaling the track head's
+    weights by 1e4 cannot blow the MaskTrack cross-entropy up (issue 14: it reached ~90)."""
+    torch.manual_seed(0)
+    cfg = tiny_cfg()
+    model = build_model(cfg, META.num_stuff, META.num_thing, TrainConfig()).train()
+    with torch.no_grad():
+        model.roi_heads.track_head.fc2.weight.mul_(1e4)
+        model.roi_heads.track_head.fc2.bias.mul_(1e4)
+    loss = model(**batch)["loss_track"]
+    refs = max(len(t["boxes"]) for t in batch["ref_targets"])
+    bound = float(np.log(1 + refs)) + 2 / cfg.track_temperature  # CE with logits in [-1/T, 1/T]
+    assert torch.isfinite(loss) and 0 < float(loss.detach()) <= bound
+    loss.backward()
+    grad = model.roi_heads.track_head.fc2.weight.grad
+    assert grad is not None and torch.isfinite(grad).all()
+
+
+def test_reference_frame_without_grad_still_trains_every_head(batch):
+    """``model.ref_frame_grad=False`` (the cheap CPU step): the reference frame's backbone pass
+    builds no graph, yet the track head trains on both frames and the backbone on the key frame."""
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(ref_frame_grad=False), META.num_stuff, META.num_thing, TrainConfig()).train()
+    losses = model(**batch)
+    assert all(torch.isfinite(v) for v in losses.values()) and losses["loss_track"] > 0
+    sum(losses.values()).backward()
+    for name, param in {"conv1": model.backbone.body.conv1.weight, "track": model.roi_heads.track_head.fc1.weight,
+                        "semantic": model.semantic_head.predictor.weight}.items():
+        assert param.grad is not None and param.grad.abs().sum() > 0, f"{name} got no gradient"

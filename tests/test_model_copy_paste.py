@@ -155,3 +155,5 @@ def test_self_enhanced_tubes_are_confident_and_unexplained():
     cfg = TrainConfig(self_enhanced_after=100)
     assert not use_self_enhanced(99, cfg) and use_self_enhanced(100, cfg)
     assert not use_self_enhanced(500, TrainConfig(self_enhanced=False))
+    every = TrainConfig(self_enhanced_after=100, self_enhanced_every=4)
+    assert [s for s in range(95, 110) if use_self_enhanced(s, every)] == [100, 104, 108]

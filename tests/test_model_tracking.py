@@ -33,7 +33,8 @@ def test_association_follows_slightly_moved_objects():
     det_boxes = torch.cat([det_boxes, torch.tensor([[900.0, 900.0, 940.0, 940.0]])])
     det_labels = torch.cat([labels[perm], torch.tensor([1])])
     scores = association_scores(embeds, boxes, labels, det_embeds, det_boxes, det_labels, torch.full((6,), 0.9),
-                                score_weight=1.0, iou_weight=2.0, class_weight=10.0)
+                                score_weight=1.0, iou_weight=2.0, class_weight=10.0,
+                                temperature=CFG.track_temperature)
     assert scores.shape == (6, 6)
     match = associate(scores)
     assert match[:5].tolist() == perm.tolist()
@@ -45,7 +46,8 @@ def test_association_is_one_to_one_and_the_confident_detection_wins(det_scores):
     embeds, boxes, labels = _objects(1, seed=2)
     # two detections of the same object: only one may continue the track, the more confident
     scores = association_scores(embeds, boxes, labels, embeds.repeat(2, 1), boxes.repeat(2, 1), labels.repeat(2),
-                                torch.tensor(det_scores), score_weight=1.0, iou_weight=2.0, class_weight=10.0)
+                                torch.tensor(det_scores), score_weight=1.0, iou_weight=2.0, class_weight=10.0,
+                                temperature=CFG.track_temperature)
     match = associate(scores)
     winner = int(np.argmax(det_scores))
     assert match[winner] == 0 and match[1 - winner] == -1
@@ -88,3 +90,20 @@ def test_panoptic_fusion_things_over_stuff_by_score():
     assert (semantic[visible_11] == 7).all()
     assert 13 not in instance
     assert semantic[0, 20] == 0 and semantic[18, 20] == 1 and semantic[0, 27] == 255
+
+
+def test_track_logits_are_scaled_cosines_bounded_for_any_embedding_norm():
+    from videocups_ray.model.heads import track_logits
+
+    g = torch.Generator().manual_seed(5)
+    key, ref = torch.randn(6, 16, generator=g), torch.randn(4, 16, generator=g)
+    t = CFG.track_temperature
+    small = track_logits(key, ref, t)
+    huge = track_logits(key * 1e4, ref * 1e6, t)  # what an unnormalised head can output early in training
+    assert torch.allclose(small, huge, atol=1e-4)  # the norm no longer matters
+    assert small.shape == (6, 5) and (small[:, 0] == 0).all()
+    assert huge.abs().max() <= 1 / t + 1e-4
+    cos = torch.nn.functional.cosine_similarity(key[2], ref[1], dim=0)
+    assert torch.isclose(small[2, 2], cos / t, atol=1e-5)
+    with pytest.raises(ValueError, match="temperature"):
+        track_logits(key, ref, 0.0)

@@ -341,6 +341,8 @@ class ModelConfig(_Section):
     # covers keep their thing class (instance 0) instead of void (issue 14: SQ of a weak detector)
     semantic_thing_classes: bool = False
     track_loss_weight: float = Field(1.0, ge=0)  # MaskTrack embedding cross-entropy
+    track_temperature: float = Field(0.1, gt=0)  # cosine / T = matching logit, training and association alike
+    ref_frame_grad: bool = True  # backprop through the reference frame's backbone pass (False: ~1/3 cheaper CPU step)
     track_score_weight: float = Field(1.0, ge=0)  # association: weight of log detection score (track columns)
     track_iou_weight: float = Field(2.0, ge=0)  # association: weight of box IoU with the track
     track_class_weight: float = Field(10.0, ge=0)  # association: bonus for the same class
@@ -373,6 +375,7 @@ class TrainConfig(_Section):
     copy_paste_min_pixels: int = Field(16, ge=1)  # a tube needs this many pixels in each frame
     self_enhanced: bool = True
     self_enhanced_after: int = Field(200, ge=0)  # warm-up steps
+    self_enhanced_every: int = Field(1, ge=1)  # predict self-enhanced tubes every k-th step (a forward per pair)
     self_enhanced_score: float = Field(0.75, ge=0, le=1)  # min prediction score to paste
     self_enhanced_iou: float = Field(0.5, gt=0, le=1)  # skip predictions at this IoU with pseudo boxes
     seed: int = 0

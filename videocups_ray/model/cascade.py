@@ -63,6 +63,7 @@ class CascadeRoIHeads(nn.Module):
         nms_threshold: float,
         detections_per_image: int,
         drop_loss_iou: float | None,
+        track_temperature: float = 0.1,
     ):
         super().__init__()
         if not (len(box_heads) == len(stage_ious) == len(stage_loss_weights)):
@@ -84,6 +85,7 @@ class CascadeRoIHeads(nn.Module):
         self.nms_threshold = nms_threshold
         self.detections_per_image = detections_per_image
         self.drop_loss_iou = drop_loss_iou
+        self.track_temperature = track_temperature  # model.track_temperature (cosine / T logits)
         self.stage_records: list[StageRecord] = []  # filled by each training forward
 
     # ----------------------------------------------------------------------- training
@@ -192,7 +194,7 @@ class CascadeRoIHeads(nn.Module):
                 target = torch.zeros_like(key_ids)
             else:
                 target = torch.where(same.any(dim=1), same.float().argmax(dim=1) + 1, torch.zeros_like(key_ids))
-            total = total + F.cross_entropy(track_logits(ke, re), target, reduction="sum")
+            total = total + F.cross_entropy(track_logits(ke, re, self.track_temperature), target, reduction="sum")
             count += len(ke)
         return total / max(count, 1)
 

@@ -91,7 +91,9 @@ class SemanticHead(nn.Module):
 
 
 class TrackHead(nn.Module):
-    """MaskTrack R-CNN embedding branch: 2 fc layers on RoI features -> ``embed_dim`` vector."""
+    """MaskTrack R-CNN embedding branch: 2 fc layers on RoI features -> an L2-normalised
+    ``embed_dim`` vector (matching compares directions, QDTrack-style, so the tracking loss
+    cannot grow with the embeddings' norm)."""
 
     def __init__(self, in_channels: int, resolution: int, hidden: int, embed_dim: int):
         super().__init__()
@@ -99,14 +101,20 @@ class TrackHead(nn.Module):
         self.fc2 = nn.Linear(hidden, embed_dim)
 
     def forward(self, roi_features: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.relu(self.fc1(roi_features.flatten(1))))
+        return F.normalize(self.fc2(F.relu(self.fc1(roi_features.flatten(1)))), dim=1)
 
 
-def track_logits(key_embeds: torch.Tensor, ref_embeds: torch.Tensor) -> torch.Tensor:
+def track_logits(key_embeds: torch.Tensor, ref_embeds: torch.Tensor, temperature: float) -> torch.Tensor:
     """MaskTrack matching logits: column 0 is "new object" (logit 0), column j+1 is ref instance j.
 
-    The dot product is the similarity, as in MaskTrack R-CNN; the "new" slot has a fixed zero
-    logit so an object unlike every reference instance is classified as new.
+    The similarity is the cosine of the two embeddings divided by ``temperature`` (both sides
+    are L2-normalised here, so averaged track embeddings work too): every logit lies in
+    [-1/T, 1/T] and the cross-entropy over [new, refs] is at most log(1 + refs) + 2/T, however
+    large the head's raw outputs get. MaskTrack R-CNN's unnormalised dot products let this loss
+    reach ~100 early in training and dominate the clipped gradient. The "new" slot has a fixed
+    zero logit: an object whose cosine with every reference is <= 0 is classified as new.
     """
-    sims = key_embeds @ ref_embeds.t()
+    if temperature <= 0:
+        raise ValueError(f"track temperature must be > 0, got {temperature}")
+    sims = F.normalize(key_embeds, dim=1) @ F.normalize(ref_embeds, dim=1).t() / temperature
     return torch.cat([sims.new_zeros(sims.shape[0], 1), sims], dim=1)

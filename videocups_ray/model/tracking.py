@@ -2,7 +2,8 @@
 
 Association (MaskTrack R-CNN): detection i and existing track n score
 ``log p_i(n) + w_score * log s_i + w_iou * IoU(b_i, b_n) + w_class * [c_i == c_n]`` where
-``p_i`` is the softmax over [new, tracks] of embedding dot products and ``s_i`` the detection
+``p_i`` is the softmax over [new, tracks] of the embeddings' cosine / ``track_temperature``
+(the logits the tracking loss trains, ``heads.track_logits``) and ``s_i`` the detection
 score; the "new" slot scores ``log p_i(new)`` alone. The score term sits on the track columns
 only (on every column it would cancel): when two detections compete for one track the
 confident one wins, and a weak detection rather starts a track than hijacks one. The
@@ -44,9 +45,13 @@ def association_scores(
     score_weight: float,
     iou_weight: float,
     class_weight: float,
+    temperature: float,
 ) -> torch.Tensor:
-    """[D, 1 + T] scores: column 0 = start a new track, column n + 1 = continue track n."""
-    logp = torch.log_softmax(track_logits(det_embeds.float(), track_embeds.float()), dim=1)
+    """[D, 1 + T] scores: column 0 = start a new track, column n + 1 = continue track n.
+
+    ``temperature``: the model's ``track_temperature``, so association uses the similarity
+    (cosine / T, ``heads.track_logits``) the tracking loss trained."""
+    logp = torch.log_softmax(track_logits(det_embeds.float(), track_embeds.float(), temperature), dim=1)
     scores = logp.clone()
     if len(track_boxes):
         scores[:, 1:] += score_weight * torch.log(det_scores.float().clamp(min=1e-6))[:, None]
@@ -160,6 +165,7 @@ class VideoTrackMemory:
         table = association_scores(
             t_emb, t_box, t_lab, embeds, boxes, labels.cpu(), scores.cpu(), score_weight=self.cfg.track_score_weight,
             iou_weight=self.cfg.track_iou_weight, class_weight=self.cfg.track_class_weight,
+            temperature=self.cfg.track_temperature,
         )
         match = associate(table)
         ids = np.zeros(len(match), dtype=np.int64)

@@ -52,6 +52,7 @@ class PanopticCascadeMaskTrackRCNN(nn.Module):
         num_thing: int,
         semantic_loss_weight: float = 1.0,
         track_loss_weight: float = 1.0,
+        ref_frame_grad: bool = True,
     ):
         super().__init__()
         self.backbone = backbone
@@ -63,6 +64,7 @@ class PanopticCascadeMaskTrackRCNN(nn.Module):
         self.num_thing = num_thing
         self.semantic_loss_weight = semantic_loss_weight
         self.track_loss_weight = track_loss_weight
+        self.ref_frame_grad = ref_frame_grad
 
     @property
     def drop_loss_iou(self) -> float | None:
@@ -117,7 +119,13 @@ class PanopticCascadeMaskTrackRCNN(nn.Module):
         ref_batch = ref_feats = ref_t = None
         if ref_images is not None and ref_targets is not None:
             ref_batch, ref_t = self.transform(ref_images, [{"boxes": t["boxes"], "track_ids": t["track_ids"]} for t in ref_targets])
-        if ref_batch is not None and ref_batch.tensors.shape == batch.tensors.shape:
+        if ref_batch is not None and not self.ref_frame_grad:
+            # the reference frame only feeds the track head's reference embeddings: a forward
+            # without autograd skips its backbone backward (~1/3 of a CPU step; model.ref_frame_grad)
+            features = self.backbone(batch.tensors)
+            with torch.no_grad():
+                ref_feats = self.backbone(ref_batch.tensors)
+        elif ref_batch is not None and ref_batch.tensors.shape == batch.tensors.shape:
             # one backbone call for both frames of every pair (BN statistics see both)
             feats_all = self.backbone(torch.cat([batch.tensors, ref_batch.tensors]))
             features = {k: v[:n_key] for k, v in feats_all.items()}
@@ -214,6 +222,7 @@ def build_model(
         nms_threshold=cfg.nms_threshold,
         detections_per_image=cfg.detections_per_image,
         drop_loss_iou=train_cfg.drop_loss_iou if train_cfg.drop_loss else None,
+        track_temperature=cfg.track_temperature,
     )
     return PanopticCascadeMaskTrackRCNN(
         backbone=backbone,
@@ -226,4 +235,5 @@ def build_model(
         num_thing=num_thing,
         semantic_loss_weight=cfg.semantic_loss_weight,
         track_loss_weight=cfg.track_loss_weight,
+        ref_frame_grad=cfg.ref_frame_grad,
     )

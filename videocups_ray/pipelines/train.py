@@ -38,7 +38,8 @@ from videocups_ray.data.sources import FrameSource
 from videocups_ray.data.types import DataError
 from videocups_ray.model import ClassMeta
 from videocups_ray.pipelines.ray_runtime import ray_session
-from videocups_ray.pipelines.train_data import build_pair_dataset, config_payload, fraction_pair_starts, shard_class_meta
+from videocups_ray.pipelines.train_data import (build_pair_dataset, config_payload, fraction_pair_starts, ordered_data,
+                                                shard_class_meta)
 from videocups_ray.pipelines.train_loop import METRICS_FILE, MODEL_FILE, STATE_FILE, train_loop_per_worker
 
 log = logging.getLogger(__name__)
@@ -159,7 +160,7 @@ def run_train(cfg: Config, shards: str | os.PathLike, out: str | os.PathLike, *,
     shard_files(shards, verify=cfg.shards.verify_on_resume, workers=cfg.shards.verify_workers)
     t0 = time.perf_counter()
     os.environ.setdefault("RAY_DATA_LIST_FILES_THREADED_NUM_WORKERS", "1")  # see data/shards.py
-    with ray_session(cfg.ray):
+    with ray_session(cfg.ray), ordered_data():
         dataset = build_pair_dataset(shards, class_meta, apply_split, cfg.train)
         resources = {"CPU": cfg.train.cpus_per_worker}
         if cfg.train.use_gpu:

@@ -3,8 +3,9 @@
 The dataset is ``read_parquet`` (committed shards only) -> ``map_batches(decode)`` (codec
 decode and the manifest's thing/stuff split) -> ``groupby(video_id).map_groups(pairs)``
 (Ray Data gives no ordering guarantee, so consecutive frames are found by sorting each video's
-frames by ``frame_index``) -> ``map_batches(augment)`` (a horizontal flip and a photometric
-jitter applied alike to both frames of a pair, so the motion between them stays true).
+frames by ``frame_index``). Augmentation (``augment_pairs``: a horizontal flip and a photometric
+jitter applied alike to both frames of a pair, so the motion between them stays true) runs in
+the train loop, seeded by (seed, video, key frame, epoch), so two runs see the same pairs.
 
 One group holds a whole video's decoded frames: fine for clips of a few hundred frames (a
 300-frame 256x512 video is ~350 MB decoded); cut longer videos into chunks when sharding.
@@ -18,7 +19,8 @@ from __future__ import annotations
 import logging
 import os
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -203,8 +205,23 @@ def build_pair_dataset(shard_dir: str | os.PathLike, meta: ClassMeta, apply_spli
         ds = ds.materialize()
         if ds.count() == 0:
             raise DataError(f"{shard_dir}: no video has two frames {cfg.pair_stride} apart; no training pairs")
-    return ds.map_batches(augment_pairs, batch_format="numpy", batch_size=8,
-                          fn_kwargs={"flip_prob": cfg.flip_prob, "color_jitter": cfg.color_jitter, "seed": cfg.seed})
+    return ds  # augmentation runs in the train loop (``augment_pairs`` salted by the epoch: reproducible)
+
+
+@contextmanager
+def ordered_data() -> Iterator[None]:
+    """Ray Data keeps block order (``preserve_order``) inside the block: materialised pairs and
+    each worker's stream come in the same order every run, so a seeded run is reproducible.
+    Ray Train's ingest options copy the flag from the current ``DataContext``; it is restored after."""
+    import ray.data
+
+    options = ray.data.DataContext.get_current().execution_options
+    before = options.preserve_order
+    options.preserve_order = True
+    try:
+        yield
+    finally:
+        options.preserve_order = before
 
 
 # --------------------------------------------------------------------------- fine-tuning subset
@@ -227,10 +244,13 @@ def fraction_pair_starts(num_frames: int, fraction: float, stride: int = 1) -> l
     return out
 
 
-def iter_pairs_per_worker(shard: Any, batch_size: int, shuffle_buffer: int) -> Iterable[dict[str, np.ndarray]]:
-    """Numpy batches of pairs from a worker's dataset shard (``get_dataset_shard("train")``)."""
+def iter_pairs_per_worker(shard: Any, batch_size: int, shuffle_buffer: int,
+                          seed: int | None = None) -> Iterable[dict[str, np.ndarray]]:
+    """Numpy batches of pairs from a worker's dataset shard (``get_dataset_shard("train")``);
+    ``seed`` fixes the local shuffle (the loop passes one per run, rank and epoch)."""
     return shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=True,
-                              local_shuffle_buffer_size=shuffle_buffer or None)
+                              local_shuffle_buffer_size=shuffle_buffer or None,
+                              local_shuffle_seed=seed if shuffle_buffer else None)
 
 
 def config_payload(cfg: Config) -> dict:

@@ -1,6 +1,7 @@
 """The per-worker training loop run by Ray Train's ``TorchTrainer`` (DDP or DeepSpeed ZeRO).
 
-Each step: a batch of augmented pairs from this worker's dataset shard -> video copy-paste
+Each step: a batch of pairs from this worker's dataset shard -> augmentation (salted by the
+epoch) -> video copy-paste
 (tubes cut from earlier batches, after the warm-up also from the model's own confident
 predictions) -> ``collate_pairs`` -> forward (losses) -> backward -> gradient clipping ->
 AdamW step. Every ``train.checkpoint_every`` steps a checkpoint goes to Ray Train:
@@ -45,7 +46,7 @@ from videocups_ray.model import (
     use_self_enhanced,
     video_copy_paste,
 )
-from videocups_ray.pipelines.train_data import batch_to_pairs, iter_pairs_per_worker
+from videocups_ray.pipelines.train_data import augment_pairs, batch_to_pairs, iter_pairs_per_worker
 
 log = logging.getLogger(__name__)
 
@@ -295,8 +296,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     while not finished():
         batches = 0
-        for batch in iter_pairs_per_worker(shard, tc.batch_size, tc.shuffle_buffer):
+        shuffle_seed = (tc.seed * 1000 + rank) * 100003 + epoch
+        for batch in iter_pairs_per_worker(shard, tc.batch_size, tc.shuffle_buffer, shuffle_seed):
             batches += 1
+            batch = augment_pairs(batch, flip_prob=tc.flip_prob, color_jitter=tc.color_jitter, seed=tc.seed, salt=epoch)
             pairs = paster(batch_to_pairs(batch), module, step)
             inputs = _to_device(collate_pairs(pairs, meta, cfg.model.semantic_thing_classes), device)
             t0 = time.perf_counter()
