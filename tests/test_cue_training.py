@@ -17,6 +17,7 @@ from videocups_ray.cues.monodepth import MonoDepth
 from videocups_ray.cues.training.build import backend_overrides, build_cue_trainer, save_backend_checkpoint
 from videocups_ray.cues.training.losses import census_loss, fb_valid, warp
 from videocups_ray.cues.training.windows import augment_window, dis_flows, plan_windows, read_window
+from videocups_ray.data.shards import frames_to_shards
 from videocups_ray.data.types import DataError
 from videocups_ray.pipelines.pseudolabel import MemorySource, synth_source
 from videocups_ray.pipelines.train_cues import choose_device
@@ -231,3 +232,32 @@ def test_train_cues_resumes_after_sigkill_of_the_whole_command(tmp_path):
     steps = [json.loads(x)["step"] for x in (out / "flow_metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, final + 1)), steps
     build_flow(FlowConfig(backend="pwc", checkpoint=summary["checkpoint"]))
+
+
+def test_shard_folders_are_an_input_of_cue_training(tmp_path, synth_frames):
+    """`train-cues --input <shards>`: a shard folder opens as a source of its stored images, read
+    by the same window reader; a video stored with a gap is refused by name."""
+    from videocups_ray.config import ShardConfig, SynthConfig
+    from videocups_ray.data.formats import detect_format
+    from videocups_ray.data.inputs import MemorySource, open_input
+    from videocups_ray.data.shard_source import ShardSource
+
+    out = tmp_path / "shards"
+    frames_to_shards(synth_frames, out, ShardConfig(rows_per_shard=3))  # several shards per video
+    assert detect_format(str(out)) == "shards"
+    src = open_input(str(out), SynthConfig())
+    assert isinstance(src, ShardSource) and not src.has_labels
+    assert src.videos() == synth_frames.videos()
+    vid = src.videos()[0]
+    assert src.num_frames(vid) == synth_frames.num_frames(vid)
+    got = list(src.frames(vid, 1, 4))  # crosses a shard boundary
+    want = list(synth_frames.frames(vid, 1, 4))
+    assert [f.frame_index for f in got] == [f.frame_index for f in want]
+    assert all(np.array_equal(g.image, w.image) for g, w in zip(got, want))
+    w = read_window(src, vid, 0, 3, 64, 128)
+    assert w["images"].shape == (3, 64, 128, 3)
+
+    gappy = MemorySource([f for f in synth_frames if f.frame_index != 2], has_labels=True)
+    frames_to_shards(gappy, tmp_path / "gappy", ShardConfig())
+    with pytest.raises(DataError, match="not stored as consecutive frames.*frame 1 is followed by 3"):
+        ShardSource(tmp_path / "gappy")

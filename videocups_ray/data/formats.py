@@ -218,8 +218,23 @@ def _write_mots(out_dir, video_id, frame_index, semantic, instance, depth=None) 
     return write_mots_png_prediction(out_dir, video_id, frame_index, semantic, instance)
 
 
+def _detect_shards(spec: str) -> bool:
+    from videocups_ray.data.shards import is_shard_dir
+
+    return os.path.isdir(spec) and is_shard_dir(spec)
+
+
+def _open_shards(spec: str, options: DatasetsConfig) -> FrameSource:
+    from videocups_ray.data.shard_source import ShardSource
+
+    return ShardSource(spec)
+
+
 # Detection order matters: the specific layouts first, the catch-all image folder last.
 _ALL = (
+    Format("shards", "a videocups shard folder (with _manifest/ or manifest.json)",
+           "the images stored in pseudo-label shards (their labels are not read as ground truth)",
+           _detect_shards, _open_shards),
     Format("synthdrive", "a folder with synthdrive.json",
            "KITTI-STEP layout + depth/flow/motion PNGs and calib/*.json", _detect_synthdrive, _open_synthdrive),
     Format("waymo", "a folder (local, s3://, gs://) with camera_image/ and camera_segmentation/ *.parquet",

@@ -60,7 +60,7 @@ from videocups_ray.data.sources import FrameSource
 from videocups_ray.data.types import DataError, Frame
 
 __all__ = ["SHARD_SCHEMA", "CommittedFrames", "ShardFileWriter", "ShardIntegrityError", "ShardWriter",
-           "WriteSummary", "decode_batch", "frames_to_shards", "is_shard_dir", "open_for_commit",
+           "WriteSummary", "decode_batch", "frames_to_shards", "is_shard_dir", "read_shard", "open_for_commit",
            "read_manifest", "read_shards", "shard_files"]
 
 log = logging.getLogger(__name__)
@@ -426,7 +426,7 @@ def is_shard_dir(path: str | os.PathLike | Store) -> bool:
     return Manifest.exists(_as_store(path))
 
 
-def _manifest_dirs(path: str | os.PathLike | Store) -> list[Store]:
+def manifest_dirs(path: str | os.PathLike | Store) -> list[Store]:
     """The directory itself if it holds a manifest, else its subdirectories that do."""
     store = _as_store(path)
     if Manifest.exists(store):
@@ -453,7 +453,7 @@ def shard_files(path: str | os.PathLike | Store, verify: Verify = "size", worker
     file once; ``workers`` threads); the first damaged shard raises ShardIntegrityError naming it.
     """
     out = []
-    for store in _manifest_dirs(path):
+    for store in manifest_dirs(path):
         entries = Manifest.open(store).shards()
         bad = check_entries(store, entries, verify, workers)
         if bad:
@@ -466,19 +466,24 @@ def shard_files(path: str | os.PathLike | Store, verify: Verify = "size", worker
 
 def read_shards(path: str | os.PathLike | Store, *, verify: bool = True, batch_rows: int = 16) -> Iterator[Frame]:
     """Decoded frames of every committed shard, in commit order (each shard checksummed first)."""
-    for store in _manifest_dirs(path):
+    for store in manifest_dirs(path):
         for entry in Manifest.open(store).shards():
-            data = (_read_verified(store, entry) if verify
-                    else store.read_bytes(shard_location(store, entry) or entry["file"]))
-            pf = pq.ParquetFile(pa.BufferReader(data))
-            what = store.uri(entry["file"])
-            n = 0
-            for batch in pf.iter_batches(batch_size=batch_rows):
-                for row in batch.to_pylist():
-                    n += 1
-                    yield row_to_frame(row, what)
-            if n != entry["rows"]:
-                raise ShardIntegrityError(f"{what}: {n} rows, manifest says {entry['rows']}")
+            yield from read_shard(store, entry, verify=verify, batch_rows=batch_rows)
+
+
+def read_shard(store: Store, entry: dict, *, verify: bool = True, batch_rows: int = 16) -> Iterator[Frame]:
+    """Decoded frames of one committed shard (a manifest ``entry``), checksummed first when ``verify``."""
+    data = (_read_verified(store, entry) if verify
+            else store.read_bytes(shard_location(store, entry) or entry["file"]))
+    pf = pq.ParquetFile(pa.BufferReader(data))
+    what = store.uri(entry["file"])
+    n = 0
+    for batch in pf.iter_batches(batch_size=batch_rows):
+        for row in batch.to_pylist():
+            n += 1
+            yield row_to_frame(row, what)
+    if n != entry["rows"]:
+        raise ShardIntegrityError(f"{what}: {n} rows, manifest says {entry['rows']}")
 
 
 def frames_to_shards(source: FrameSource, out: str | os.PathLike, cfg: ShardConfig,
