@@ -298,6 +298,10 @@ class StreamConfig(_Section):
     # alone ("one_frame", local engine), or when t+2 arrives with exact cues ("exact"; the Ray engine's
     # trackers always work this way); final labels are exact either way
     latency: Literal["one_frame", "exact"] = "one_frame"
+    # Ray engine: frames of one stream submitted to the cue actors and not yet answered by its tracker;
+    # more than one overlaps the cue latency of consecutive frames (the tracker still takes them in order)
+    max_frames_in_flight: int = Field(4, ge=1)
+    poll_s: float = Field(0.005, gt=0)  # Ray engine: how long a stream's worker waits for a new frame before polling replies
 
 
 # --------------------------------------------------------------------------- model/train
