@@ -267,6 +267,10 @@ class RayConfig(_Section):
     write_drain_keep: int = Field(16, ge=0)  # writer calls left in flight per writer when the driver drains (backpressure)
     max_videos_in_flight: int = Field(4, ge=1)  # streams processed at once
     max_frames_in_flight: int = Field(8, ge=1)  # per stream
+    # driver: move what exists when labelling starts (imports, actors, config) out of Python's GC
+    # (gc.freeze) until the run ends, so the gc.collect() Ray asks for when the object store fills
+    # scans only objects made since; nothing made during the run escapes collection
+    freeze_driver_gc: bool = True
     chunk_frames: int = Field(300, ge=4)  # long videos are cut into chunks of this length
     max_restarts: int = Field(3, ge=0)  # actor restarts before a chunk is failed
     chunk_overlap: int = Field(2, ge=2)  # frames shared by consecutive chunks (vote window + ID stitching)

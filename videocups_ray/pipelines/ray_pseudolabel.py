@@ -35,6 +35,7 @@ reason, and the job goes on: the same policy as the local engine.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import time
@@ -535,6 +536,9 @@ def _run(ray, cfg: Config, out: str, pools: Pools, failures: tuple[FailurePlan, 
                                           "features": rc.features.replicas, "tracker": rc.max_videos_in_flight},
                    progress)
     sched = Pass2(ray, cfg, counts, pools, bar, failures, centroids)
+    if cfg.ray.freeze_driver_gc:
+        gc.collect()  # what is garbage now is freed, not frozen
+        gc.freeze()
     t_label, c_label, m_label = time.perf_counter(), time.process_time(), time.thread_time()
     try:
         for vid, reason in skipped.items():
@@ -550,6 +554,8 @@ def _run(ray, cfg: Config, out: str, pools: Pools, failures: tuple[FailurePlan, 
         bar.collect(ray, timeout=None)
         counts_w = pools.writer.finish()
     finally:
+        if cfg.ray.freeze_driver_gc:
+            gc.unfreeze()
         bar.close()
         if sched.autoscaler is not None:
             sched.autoscaler.close()
