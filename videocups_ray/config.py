@@ -305,7 +305,7 @@ class StreamConfig(_Section):
     # Ray engine: frames of one stream submitted to the cue actors and not yet answered by its tracker;
     # more than one overlaps the cue latency of consecutive frames (the tracker still takes them in order)
     max_frames_in_flight: int = Field(4, ge=1)
-    poll_s: float = Field(0.005, gt=0)  # Ray engine: how long a stream's worker waits for a new frame before polling replies
+    poll_s: float = Field(0.01, gt=0)  # Ray engine: how long a stream's worker waits for a new frame, then for a reply, in turn
 
 
 # --------------------------------------------------------------------------- model/train
