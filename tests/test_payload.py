@@ -104,6 +104,7 @@ def test_reader_sends_cue_actors_no_ground_truth_they_do_not_read(ray_session):
 
 
 @pytest.mark.ray
+@pytest.mark.slow  # ~90 s on 2 cores; the default suite covers pipelined streams in test_engines_identical
 def test_simulated_cues_concurrent_and_pipelined_streams_are_bit_identical(ray_session, tmp_path):
     """Simulated cues (flow, depth, features at once; ground truth in parts), the Ray corpus
     engine and the Ray streaming engine with 3 frames of a stream in flight: the local engine's
