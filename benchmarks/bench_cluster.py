@@ -276,7 +276,7 @@ STREAM_INFLIGHT = (1, 4)  # stream.max_frames_in_flight: 1 = a stream's frames o
 def bench_streams(corpus: MemorySource, centroids: Path, streams: int, fps: float, replicas: int, cost_ms: float,
                   n_nodes: int) -> list[tuple]:
     """The streams with ``stream.max_frames_in_flight`` 1 (baseline) and 4 (pipelined), on one cluster."""
-    from videocups_ray.pipelines.stream_service import StreamService
+    from videocups_ray.pipelines.stream_service import StreamService, feed_streams
 
     cfg = with_overrides(sim_config(replicas, cost_ms, 0.33, videos_in_flight=streams),
                          stream={"latency": "exact"})
@@ -292,21 +292,7 @@ def bench_streams(corpus: MemorySource, centroids: Path, streams: int, fps: floa
             with tempfile.TemporaryDirectory(prefix="bench_cluster_streams") as out:
                 scfg = with_overrides(cfg, ray={"address": cluster.address}, stream={"max_frames_in_flight": inflight})
                 service = StreamService(scfg, cents, out, engine="ray")
-
-                def produce(vid: str) -> None:
-                    t0 = time.perf_counter()
-                    for i, f in enumerate(seqs[vid]):
-                        time.sleep(max(0.0, t0 + i / fps - time.perf_counter()))
-                        service.push(vid, f)
-
-                for vid in videos:
-                    service.open(vid)
-                threads = [threading.Thread(target=produce, args=(v,)) for v in videos]
-                for t in threads:
-                    t.start()
-                for t in threads:
-                    t.join()
-                summary = service.close()
+                summary = feed_streams(service, {v: seqs[v] for v in videos}, fps)
             if summary["failed"]:
                 raise RuntimeError(f"streams failed: {summary['failed']}")
             for vid in videos:

@@ -360,11 +360,9 @@ STREAM_INFLIGHT = (1, 4)  # stream.max_frames_in_flight: 1 = a stream's frames o
 def bench_streams(tmp: Path, fps: float, frames: int, counts: tuple[int, ...]) -> tuple[list[tuple], dict]:
     """Each count of concurrent sources with ``stream.max_frames_in_flight`` 1 (baseline: a frame
     waits for the previous one's labels) and 4 (pipelined), alternated, one service per run."""
-    import threading
-
     import ray
 
-    from videocups_ray.pipelines.stream_service import StreamService
+    from videocups_ray.pipelines.stream_service import StreamService, feed_streams
 
     cfg = with_overrides(Config(), synth={"sequences": max(counts), "frames": frames, "height": 256, "width": 512,
                                           "seed": 21},
@@ -392,20 +390,7 @@ def bench_streams(tmp: Path, fps: float, frames: int, counts: tuple[int, ...]) -
                 service = StreamService(with_overrides(cfg, stream={"max_frames_in_flight": inflight}), cents, out,
                                         engine="ray")
 
-                def produce(vid: str) -> None:
-                    t0 = time.perf_counter()
-                    for i, f in enumerate(seqs[vid]):
-                        time.sleep(max(0.0, t0 + i / fps - time.perf_counter()))
-                        service.push(vid, f)
-
-                for vid in videos[:n]:
-                    service.open(vid)
-                threads = [threading.Thread(target=produce, args=(v,)) for v in videos[:n]]
-                for t in threads:
-                    t.start()
-                for t in threads:
-                    t.join()
-                summary = service.close()
+                summary = feed_streams(service, {v: seqs[v] for v in videos[:n]}, fps)
                 if summary["failed"]:
                     raise RuntimeError(f"streams failed: {summary['failed']}")
                 for vid in videos[:n]:
