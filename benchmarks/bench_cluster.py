@@ -270,9 +270,13 @@ def print_scaling(rows: list[dict], cost_ms: float) -> None:
 
 
 # --------------------------------------------------------------------------- 2. streams
+STREAM_INFLIGHT = (1, 4)  # stream.max_frames_in_flight: 1 = a stream's frames one after the other (baseline)
+
+
 def bench_streams(corpus: MemorySource, centroids: Path, streams: int, fps: float, replicas: int, cost_ms: float,
                   n_nodes: int) -> list[tuple]:
-    from videocups_ray.pipelines.stream_service import StreamService
+    """The streams with ``stream.max_frames_in_flight`` 1 (baseline) and 4 (pipelined), on one cluster."""
+    from videocups_ray.pipelines.stream_service import StreamService, feed_streams
 
     cfg = with_overrides(sim_config(replicas, cost_ms, 0.33, videos_in_flight=streams),
                          stream={"latency": "exact"})
@@ -284,29 +288,17 @@ def bench_streams(corpus: MemorySource, centroids: Path, streams: int, fps: floa
     try:
         cluster.start()
         cluster.connect()
-        with tempfile.TemporaryDirectory(prefix="bench_cluster_streams") as out:
-            service = StreamService(with_overrides(cfg, ray={"address": cluster.address}), cents, out, engine="ray")
-
-            def produce(vid: str) -> None:
-                t0 = time.perf_counter()
-                for i, f in enumerate(seqs[vid]):
-                    time.sleep(max(0.0, t0 + i / fps - time.perf_counter()))
-                    service.push(vid, f)
-
+        for inflight in STREAM_INFLIGHT:
+            with tempfile.TemporaryDirectory(prefix="bench_cluster_streams") as out:
+                scfg = with_overrides(cfg, ray={"address": cluster.address}, stream={"max_frames_in_flight": inflight})
+                service = StreamService(scfg, cents, out, engine="ray")
+                summary = feed_streams(service, {v: seqs[v] for v in videos}, fps)
+            if summary["failed"]:
+                raise RuntimeError(f"streams failed: {summary['failed']}")
             for vid in videos:
-                service.open(vid)
-            threads = [threading.Thread(target=produce, args=(v,)) for v in videos]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            summary = service.close()
-        if summary["failed"]:
-            raise RuntimeError(f"streams failed: {summary['failed']}")
-        for vid in videos:
-            s = summary["streams"][vid]
-            rows.append((vid, s["latency_p50_s"] * fps, s["latency_p95_s"] * fps, s["processing_p50_s"],
-                         s.get("dropped", 0), os.getloadavg()[0]))
+                s = summary["streams"][vid]
+                rows.append((inflight, vid, s["latency_p50_s"] * fps, s["latency_p95_s"] * fps,
+                             s["processing_p50_s"], s.get("dropped", 0), os.getloadavg()[0]))
     finally:
         cluster.shutdown()
     return rows
@@ -314,11 +306,14 @@ def bench_streams(corpus: MemorySource, centroids: Path, streams: int, fps: floa
 
 def print_streams(rows: list[tuple], streams: int, fps: float, replicas: int, n_nodes: int, frames: int) -> None:
     print(f"\n2. {streams} live streams at {fps:g} frames/s each ({frames} frames, {HEIGHT}x{WIDTH}), {n_nodes} nodes, "
-          f"{replicas} cue replicas; latency = arrival -> first label (exact mode: waits for t+2, so >= 2 periods)")
-    print("| stream | p50 periods | p95 periods | processing p50 s | dropped | load |")
-    print("|---|---|---|---|---|---|")
-    for vid, p50, p95, proc, dropped, load in rows:
-        print(f"| {vid} | {p50:.2f} | {p95:.2f} | {proc:.3f} | {dropped} | {load:.1f} |")
+          f"{replicas} cue replicas; latency = arrival -> first label (exact mode: waits for t+2, so >= 2 periods); "
+          "in flight: stream.max_frames_in_flight (1 = baseline, one frame at a time)")
+    print("| in flight | stream | p50 periods | p95 periods | p95 vs in flight 1 | processing p50 s | dropped | load |")
+    print("|---|---|---|---|---|---|---|---|")
+    base = {vid: p95 for k, vid, _, p95, *_ in rows if k == 1}
+    for k, vid, p50, p95, proc, dropped, load in rows:
+        ratio = p95 / base[vid] if base.get(vid) else float("nan")
+        print(f"| {k} | {vid} | {p50:.2f} | {p95:.2f} | {ratio:.2f} | {proc:.3f} | {dropped} | {load:.1f} |")
 
 
 # --------------------------------------------------------------------------- 3. heterogeneous

@@ -354,12 +354,15 @@ def print_driver_cpu(rows: list[dict], baseline: str) -> None:
 
 
 # --------------------------------------------------------------------------- 5. concurrent streams
-def bench_streams(tmp: Path, fps: float, frames: int, counts: tuple[int, ...]) -> tuple[list[tuple], dict]:
-    import threading
+STREAM_INFLIGHT = (1, 4)  # stream.max_frames_in_flight: 1 = a stream's frames one after the other (baseline)
 
+
+def bench_streams(tmp: Path, fps: float, frames: int, counts: tuple[int, ...]) -> tuple[list[tuple], dict]:
+    """Each count of concurrent sources with ``stream.max_frames_in_flight`` 1 (baseline: a frame
+    waits for the previous one's labels) and 4 (pipelined), alternated, one service per run."""
     import ray
 
-    from videocups_ray.pipelines.stream_service import StreamService
+    from videocups_ray.pipelines.stream_service import StreamService, feed_streams
 
     cfg = with_overrides(Config(), synth={"sequences": max(counts), "frames": frames, "height": 256, "width": 512,
                                           "seed": 21},
@@ -373,6 +376,7 @@ def bench_streams(tmp: Path, fps: float, frames: int, counts: tuple[int, ...]) -
 
     src = open_source(corpus)
     videos = src.videos()
+    seqs = {v: list(src.frames(v)) for v in videos}  # decoded once: the producers only pace and push
     rows, equal = [], {}
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, object_store_memory=768 * 2**20,
              _temp_dir=tempfile.mkdtemp(prefix="vcr", dir="/tmp"))
@@ -381,30 +385,20 @@ def bench_streams(tmp: Path, fps: float, frames: int, counts: tuple[int, ...]) -
         run_ray(cfg, corpus, rcorpus, progress=False)
         equal["ray corpus == local"] = labels_equal(local, rcorpus)
         for n in counts:
-            out = tmp / f"streams{n}"
-            service = StreamService(cfg, cents, out, engine="ray")
+            for inflight in STREAM_INFLIGHT:
+                out = tmp / f"streams{n}_{inflight}"
+                service = StreamService(with_overrides(cfg, stream={"max_frames_in_flight": inflight}), cents, out,
+                                        engine="ray")
 
-            def produce(vid: str) -> None:
-                t0 = time.perf_counter()
-                for i, f in enumerate(src.frames(vid)):
-                    time.sleep(max(0.0, t0 + i / fps - time.perf_counter()))
-                    service.push(vid, f)
-
-            for vid in videos[:n]:
-                service.open(vid)
-            threads = [threading.Thread(target=produce, args=(v,)) for v in videos[:n]]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            summary = service.close()
-            for vid in videos[:n]:
-                s = summary["streams"][vid]
-                rows.append((n, vid, s["latency_p50_s"] * fps, s["latency_p95_s"] * fps, s["processing_p50_s"],
-                             os.getloadavg()[0]))
-            if n == max(counts):
-                equal[f"ray streaming ({n} streams) == local"] = labels_equal(local, out) if n == len(videos) else \
-                    None
+                summary = feed_streams(service, {v: seqs[v] for v in videos[:n]}, fps)
+                if summary["failed"]:
+                    raise RuntimeError(f"streams failed: {summary['failed']}")
+                for vid in videos[:n]:
+                    s = summary["streams"][vid]
+                    rows.append((n, inflight, vid, s["latency_p50_s"] * fps, s["latency_p95_s"] * fps,
+                                 s["processing_p50_s"], os.getloadavg()[0]))
+                if n == len(videos):
+                    equal[f"ray streaming ({n} streams, {inflight} in flight) == local"] = labels_equal(local, out)
     finally:
         ray.shutdown()
     return rows, equal
@@ -412,10 +406,14 @@ def bench_streams(tmp: Path, fps: float, frames: int, counts: tuple[int, ...]) -
 
 def print_streams(rows: list[tuple], equal: dict, fps: float, frames: int) -> None:
     print(f"\n5. Ray streaming engine, concurrent SynthDrive sources of {frames} frames at 256x512, {fps:g} frames/s "
-          "each (latency = arrival -> first label, in frame periods; exact mode: 2 periods + processing)")
-    print(f"{'streams':>8}{'stream':>8}{'p50':>7}{'p95':>7}{'proc p50 s':>12}{'load':>6}")
-    for n, vid, p50, p95, proc, load in rows:
-        print(f"{n:>8}{vid:>8}{p50:>7.2f}{p95:>7.2f}{proc:>12.3f}{load:>6.1f}")
+          "each, default cues (latency = arrival -> first label, in frame periods; exact mode: 2 periods + "
+          "processing); in flight: stream.max_frames_in_flight (1 = baseline, one frame at a time)")
+    print("| streams | in flight | stream | p50 periods | p95 periods | p95 vs in flight 1 | processing p50 s | load |")
+    print("|---|---|---|---|---|---|---|---|")
+    base = {(n, vid): p95 for n, k, vid, _, p95, _, _ in rows if k == 1}
+    for n, k, vid, p50, p95, proc, load in rows:
+        ratio = p95 / base[(n, vid)] if base.get((n, vid)) else float("nan")
+        print(f"| {n} | {k} | {vid} | {p50:.2f} | {p95:.2f} | {ratio:.2f} | {proc:.3f} | {load:.1f} |")
     for k, v in equal.items():
         print(f"shards bit-identical, {k}: {v}")
 

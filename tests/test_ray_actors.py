@@ -121,7 +121,7 @@ class _FakeRay:
 def test_progress_counts_failed_calls_and_logs_unexpected_errors(caplog):
     """Progress.collect swallowed every exception at debug level; expected failures (a task
     or an actor that failed, handled where its result is used) are counted, others logged."""
-    from videocups_ray.pipelines.ray_pseudolabel import Progress
+    from videocups_ray.pipelines.ray_progress import Progress
 
     p = Progress(10, {"flow": 1}, enabled=False)
     for ref in (0.5, DataError("frame 3 undecodable"), ZeroDivisionError("bug"), 0.25):

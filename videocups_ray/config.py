@@ -267,6 +267,10 @@ class RayConfig(_Section):
     write_drain_keep: int = Field(16, ge=0)  # writer calls left in flight per writer when the driver drains (backpressure)
     max_videos_in_flight: int = Field(4, ge=1)  # streams processed at once
     max_frames_in_flight: int = Field(8, ge=1)  # per stream
+    # driver: move what exists when labelling starts (imports, actors, config) out of Python's GC
+    # (gc.freeze) until the run ends, so the gc.collect() Ray asks for when the object store fills
+    # scans only objects made since; nothing made during the run escapes collection
+    freeze_driver_gc: bool = True
     chunk_frames: int = Field(300, ge=4)  # long videos are cut into chunks of this length
     max_restarts: int = Field(3, ge=0)  # actor restarts before a chunk is failed
     chunk_overlap: int = Field(2, ge=2)  # frames shared by consecutive chunks (vote window + ID stitching)
@@ -298,6 +302,10 @@ class StreamConfig(_Section):
     # alone ("one_frame", local engine), or when t+2 arrives with exact cues ("exact"; the Ray engine's
     # trackers always work this way); final labels are exact either way
     latency: Literal["one_frame", "exact"] = "one_frame"
+    # Ray engine: frames of one stream submitted to the cue actors and not yet answered by its tracker;
+    # more than one overlaps the cue latency of consecutive frames (the tracker still takes them in order)
+    max_frames_in_flight: int = Field(4, ge=1)
+    poll_s: float = Field(0.01, gt=0)  # Ray engine: how long a stream's worker waits for a new frame, then for a reply, in turn
 
 
 # --------------------------------------------------------------------------- model/train

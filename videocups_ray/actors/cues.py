@@ -26,6 +26,7 @@ from videocups_ray.cues import DepthResult, FeatureResult, FlowResult
 from videocups_ray.labeling import KMeansStats, partial_stats
 from videocups_ray.stages import DepthStage, DepthStream, FeatureStage, FlowStage, PairBatch
 from videocups_ray.stages.centroids import Sample, sample_batch
+from videocups_ray.stages.payload import merge_batch
 
 
 class _CueActor:
@@ -59,11 +60,13 @@ class FlowActor(_CueActor):
     kind = "flow"
     stage_cls = FlowStage
 
-    def process(self, batch: PairBatch) -> tuple[FlowResult | None, float]:
+    def process(self, batch: PairBatch, gt: PairBatch | None = None) -> tuple[FlowResult | None, float]:
+        """``gt``: the batch's ground-truth part, where the backend reads it (``stages.payload``)."""
         self._fail.tick()
         if self._stage is None:
             self.setup()
         t = time.perf_counter()
+        batch = merge_batch(batch, gt)
         out = None if batch.last else self._stage.process(batch.frames_t, batch.frames_t1)
         return out, time.perf_counter() - t
 
@@ -84,11 +87,14 @@ class DepthActor(_CueActor):
 
     end_stream = drop
 
-    def process(self, batch: PairBatch, flow: FlowResult | None) -> tuple[DepthResult, float]:
+    def process(self, batch: PairBatch, flow: FlowResult | None,
+                gt: PairBatch | None = None) -> tuple[DepthResult, float]:
+        """``flow`` is None when the backend does not read it (then depth runs next to flow)."""
         self._fail.tick()
         if self._stage is None:
             self.setup()
         t = time.perf_counter()
+        batch = merge_batch(batch, gt)
         st = self._streams.get(batch.stream)
         if st is None:
             if batch.seq != 0:
@@ -107,17 +113,21 @@ class FeatureActor(_CueActor):
     kind = "features"
     stage_cls = FeatureStage
 
-    def process(self, batch: PairBatch, depth: DepthResult) -> tuple[FeatureResult, float]:
+    def process(self, batch: PairBatch, depth: DepthResult | None,
+                gt: PairBatch | None = None) -> tuple[FeatureResult, float]:
+        """``depth`` is None when the backend does not read it (then features run next to flow)."""
         self._fail.tick()
         if self._stage is None:
             self.setup()
         t = time.perf_counter()
-        out = self._stage.process(batch.frames_t, depth.depth)
+        batch = merge_batch(batch, gt)
+        out = self._stage.process(batch.frames_t, None if depth is None else depth.depth)
         return out, time.perf_counter() - t
 
-    def sample(self, batch: PairBatch, depth: DepthResult, labeling: LabelingConfig, seed: int) -> list[Sample]:
+    def sample(self, batch: PairBatch, depth: DepthResult | None, labeling: LabelingConfig, seed: int,
+               gt: PairBatch | None = None) -> list[Sample]:
         """Pass 1: features of the batch, then each frame's seeded k-means sample, with its key."""
-        feats, _ = self.process(batch, depth)
+        feats, _ = self.process(batch, depth, gt)
         return sample_batch(batch, feats, labeling, seed)
 
     @staticmethod

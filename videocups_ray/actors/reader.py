@@ -27,6 +27,7 @@ from videocups_ray.data.inputs import open_input
 from videocups_ray.data.sources import FrameSource
 from videocups_ray.stages import ChunkSpec, PairBatch, pair_batches
 from videocups_ray.stages.centroids import fit_batches
+from videocups_ray.stages.payload import PayloadPlan
 
 
 class ReaderActor:
@@ -68,8 +69,10 @@ class ReaderActor:
         self._streams[stream] = (pair_batches(stream, frames, batch_pairs, with_last), 0)
         return chunk.num_batches(num_frames, batch_pairs)
 
-    def batch(self, stream: str, seq: int) -> PairBatch:
-        """Batch ``seq`` of an open stream (calls come in order from the one driver)."""
+    def batch(self, stream: str, seq: int, plan: PayloadPlan) -> PairBatch | list[PairBatch]:
+        """Batch ``seq`` of an open stream (calls come in order from the one driver), cut into
+        ``plan``'s parts (``num_returns=plan.num_parts``; one part: the base part itself), so the
+        ground truth of the frames goes only to the cue actors whose backend reads it."""
         self._fail.tick()
         if stream not in self._streams:
             raise StreamStateLost(f"reader: stream {stream} is not open here (reader restarted?)")
@@ -80,20 +83,23 @@ class ReaderActor:
         if batch is None:
             raise StreamStateLost(f"reader: stream {stream} has no batch {seq}")
         self._streams[stream] = (batches, seq + 1)
-        return batch
+        parts = plan.split(batch)
+        return parts[0] if len(parts) == 1 else parts
 
     def close(self, stream: str) -> None:
         self._streams.pop(stream, None)
 
-    def fit_batches(self, video_id: str, positions: list[int], batch_pairs: int, attempt: int
-                    ) -> PairBatch | list[PairBatch]:
+    def fit_batches(self, video_id: str, positions: list[int], batch_pairs: int, attempt: int,
+                    plan: PayloadPlan | None = None) -> PairBatch | list[PairBatch]:
         """Pass 1: the sampled pairs of one video, cut as ``stages.centroids.fit_batches`` cuts
-        them; called with ``num_returns`` = the number of batches (one batch: the batch itself)."""
+        them, each split into ``plan``'s parts (batch-major); called with ``num_returns`` = batches
+        x parts (one object: the object itself). No ``plan``: whole batches (a decodability probe)."""
         self._fail.tick()
         self.setup()
         frames = [f for p in positions for f in self._source.frames(video_id, p, p + 2)]
         batches = fit_batches(video_id, frames, batch_pairs, attempt)
-        return batches[0] if len(batches) == 1 else batches
+        out = batches if plan is None else [part for b in batches for part in plan.split(b)]
+        return out[0] if len(out) == 1 else out
 
     def ready(self) -> bool:
         return self._source is not None

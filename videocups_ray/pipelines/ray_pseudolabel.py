@@ -35,6 +35,7 @@ reason, and the job goes on: the same policy as the local engine.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import time
@@ -63,11 +64,14 @@ from videocups_ray.data.types import DataError
 from videocups_ray.labeling import KMeansStats
 from videocups_ray.pipelines.ray_runtime import get_each, ray_session
 from videocups_ray.pipelines.pool_autoscaler import PoolAutoscaler
+from videocups_ray.pipelines.ray_progress import Progress
 from videocups_ray.pipelines.writer_pool import WriterPool
 from videocups_ray.stages import ChunkSpec
 from videocups_ray.stages.centroids import FitRecord, fit_centroids_from_samples, fit_positions
 from videocups_ray.stages.chunks import VideoStitcher, chunk_key, plan_chunks
 from videocups_ray.stages.corpus import check_any_sampled, corpus_meta, reusable_centroids, skip_reason, video_done
+from videocups_ray.stages.cues import depth_reads_flow, features_read_depth
+from videocups_ray.stages.payload import PayloadPlan
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +87,7 @@ class Pools:
     features: list
     trackers: list
     writer: WriterPool  # driver-side handle of the shard writer pool (pipelines/writer_pool.py)
+    wiring: "CueWiring | None" = None  # set with the cue pools
     _rr: dict = field(default_factory=lambda: {"readers": 0, "flow": 0, "depth": 0, "features": 0})
 
     def next(self, kind: str):
@@ -116,8 +121,33 @@ def _new_cue_actor(cfg: Config, kind: str, failures: tuple[FailurePlan, ...]):
     return remote_class(cls, cfg.ray, kind).remote(cfg, device, failures)
 
 
+@dataclass(frozen=True)
+class CueWiring:
+    """Which part of a batch each cue actor gets (``stages.payload``), and which cue results it
+    waits for: depth waits for flow and features for depth only where the backend reads them;
+    otherwise they run at the same time (``simulated``/``oracle`` cues)."""
+
+    plan: PayloadPlan
+    depth_after_flow: bool
+    features_after_depth: bool
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "CueWiring":
+        return cls(PayloadPlan.from_config(cfg), depth_reads_flow(cfg.cues.depth),
+                   features_read_depth(cfg.cues.features))
+
+    def parts(self, ref) -> list:
+        """The part refs of one reader ``batch`` / ``put`` call (a single ref when one part)."""
+        return list(ref) if self.plan.num_parts > 1 else [ref]
+
+    def gt(self, parts: list, kind: str):
+        i = self.plan.part_of[kind]
+        return None if i is None else parts[1 + i]
+
+
 def add_cue_pools(ray, pools: Pools, cfg: Config, failures: tuple[FailurePlan, ...] = ()) -> None:
     """Flow, depth and feature pools (``ray.<kind>.replicas`` each), set up and ready."""
+    pools.wiring = CueWiring.from_config(cfg)
     for kind in _CUE_ACTORS:
         setattr(pools, kind, [_new_cue_actor(cfg, kind, failures) for _ in range(getattr(cfg.ray, kind).replicas)])
     ray.get([a.setup.remote() for a in pools.flow + pools.depth + pools.features])
@@ -172,70 +202,17 @@ def is_state_lost(exc: BaseException) -> bool:
     return bool({c.__name__ for c in type(exc).__mro__} & set(_STATE_LOST_MARKERS))
 
 
-# --------------------------------------------------------------------------- progress
-class Progress:
-    """Frames/s, ETA (tqdm) and per-stage utilisation (busy seconds / wall / replicas)."""
-
-    def __init__(self, total: int, replicas: dict[str, int], enabled: bool):
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=total, desc="pseudolabel[ray]", unit="frame", disable=not enabled)
-        self.replicas, self.busy = replicas, {k: 0.0 for k in replicas}
-        self._refs: dict[str, list] = {k: [] for k in replicas}
-        self.t0, self._last = time.perf_counter(), 0.0
-        self.failed_calls = 0
-
-    def add_busy_ref(self, kind: str, ref) -> None:
-        self._refs[kind].append(ref)
-
-    def add_busy(self, kind: str, seconds: float) -> None:
-        self.busy[kind] += seconds
-
-    def in_flight(self, kind: str) -> int:
-        """Calls of ``kind`` not seen finished at the last :meth:`collect` (the pool's backlog)."""
-        return len(self._refs[kind])
-
-    def update(self, ray, frames: int) -> None:
-        self.bar.update(frames)
-        now = time.perf_counter()
-        if now - self._last < 1.0:
-            return
-        self._last = now
-        self.collect(ray, timeout=0)
-        self.bar.set_postfix_str(" ".join(f"{k}={u:.0%}" for k, u in self.utilisation().items()))
-
-    def collect(self, ray, timeout: float | None = 0) -> None:
-        """Add the busy seconds of finished calls. A failed call has none: its error is handled
-        where its result is used (chunk redone or video skipped), so here it is only counted;
-        anything but a task or actor failure is a bug and is logged with its traceback."""
-        from ray.exceptions import RayActorError, RayTaskError
-
-        for kind, refs in self._refs.items():
-            if not refs:
-                continue
-            ready, rest = ray.wait(refs, num_returns=len(refs), timeout=timeout, fetch_local=True)
-            for got in get_each(ray, ready):
-                if isinstance(got, (RayTaskError, RayActorError, DataError, StreamStateLost)):
-                    self.failed_calls += 1
-                elif isinstance(got, BaseException):  # not expected: shown, not swallowed; progress is advisory
-                    log.error("progress: busy time of a %s call could not be read", kind, exc_info=got)
-                else:
-                    self.busy[kind] += float(got)
-            self._refs[kind] = rest
-
-    def utilisation(self) -> dict[str, float]:
-        wall = max(time.perf_counter() - self.t0, 1e-9)
-        return {k: self.busy[k] / wall / max(self.replicas[k], 1) for k in self.busy}
-
-    def close(self) -> None:
-        self.bar.close()
-
-
-def submit_cues(pools: Pools, batch_ref, stream_depth, progress: Progress | None):
-    """flow -> depth -> features for one batch ref; returns the three result refs (no fetch)."""
-    flow_ref, flow_busy = pools.next("flow").process.options(num_returns=2).remote(batch_ref)
-    depth_ref, depth_busy = stream_depth.process.options(num_returns=2).remote(batch_ref, flow_ref)
-    feat_ref, feat_busy = pools.next("features").process.options(num_returns=2).remote(batch_ref, depth_ref)
+def submit_cues(pools: Pools, parts: list, stream_depth, progress: Progress | None):
+    """flow, depth, features for one batch (``parts``: its base part ref, then its ground-truth
+    part refs, ``CueWiring``); returns the three result refs (no fetch). Each actor gets the base
+    part and its own ground-truth part; depth waits for flow, and features for depth, only where
+    the backend reads them (otherwise the three run at once)."""
+    w, base = pools.wiring, parts[0]
+    flow_ref, flow_busy = pools.next("flow").process.options(num_returns=2).remote(base, w.gt(parts, "flow"))
+    depth_ref, depth_busy = stream_depth.process.options(num_returns=2).remote(
+        base, flow_ref if w.depth_after_flow else None, w.gt(parts, "depth"))
+    feat_ref, feat_busy = pools.next("features").process.options(num_returns=2).remote(
+        base, depth_ref if w.features_after_depth else None, w.gt(parts, "features"))
     if progress is not None:
         for kind, ref in (("flow", flow_busy), ("depth", depth_busy), ("features", feat_busy)):
             progress.add_busy_ref(kind, ref)
@@ -277,16 +254,20 @@ def fit_centroids_ray(ray, cfg: Config, counts: dict[str, int], pools: Pools, sk
     while todo:
         refs: dict[str, list] = {}
         for k, (vid, positions) in enumerate(sorted(todo.items())):
-            nb = -(-len(positions) // bp)
-            batch_refs = pools.next("readers").fit_batches.options(num_returns=nb).remote(
-                vid, positions, bp, attempts[vid])
-            batch_refs = batch_refs if nb > 1 else [batch_refs]
+            w = pools.wiring
+            nb, np_ = -(-len(positions) // bp), w.plan.num_parts
+            part_refs = pools.next("readers").fit_batches.options(num_returns=nb * np_).remote(
+                vid, positions, bp, attempts[vid], w.plan)
+            part_refs = list(part_refs) if nb * np_ > 1 else [part_refs]
             depth = pools.depth[k % len(pools.depth)]
             refs[vid] = []
-            for batch_ref in batch_refs:
-                flow_ref, _ = pools.next("flow").process.options(num_returns=2).remote(batch_ref)
-                depth_ref, _ = depth.process.options(num_returns=2).remote(batch_ref, flow_ref)
-                refs[vid].append(pools.next("features").sample.remote(batch_ref, depth_ref, lab, 0))
+            for b in range(nb):
+                parts = part_refs[b * np_:(b + 1) * np_]
+                flow_ref, _ = pools.next("flow").process.options(num_returns=2).remote(parts[0], w.gt(parts, "flow"))
+                depth_ref, _ = depth.process.options(num_returns=2).remote(
+                    parts[0], flow_ref if w.depth_after_flow else None, w.gt(parts, "depth"))
+                refs[vid].append(pools.next("features").sample.remote(
+                    parts[0], depth_ref if w.features_after_depth else None, lab, 0, w.gt(parts, "features")))
             depth.drop.remote(f"fit:{vid}#{attempts[vid]}")  # runs after the batches (same caller, same actor)
         todo = {}
         for vid, vid_refs in refs.items():
@@ -379,10 +360,12 @@ class Pass2:
     def _fill(self, job: ChunkJob) -> None:
         cap = self.cfg.ray.max_frames_in_flight
         while job.submitted <= job.final_seq and (job.frames_inflight == 0 or job.frames_inflight < cap):
-            batch_ref = job.reader.batch.remote(job.stream, job.submitted)
-            flow_ref, depth_ref, feat_ref = submit_cues(self.pools, batch_ref, job.depth, self.progress)
+            w = self.pools.wiring
+            parts = w.parts(job.reader.batch.options(num_returns=w.plan.num_parts).remote(
+                job.stream, job.submitted, w.plan))
+            flow_ref, depth_ref, feat_ref = submit_cues(self.pools, parts, job.depth, self.progress)
             rows_ref, info_ref = job.tracker.process.options(num_returns=2).remote(
-                batch_ref, flow_ref, depth_ref, feat_ref, job.chunk, job.final_seq)
+                parts[0], flow_ref, depth_ref, feat_ref, job.chunk, job.final_seq)
             job.inflight[info_ref] = (rows_ref, self.batch_pairs)
             job.frames_inflight += self.batch_pairs
             job.submitted += 1
@@ -553,6 +536,9 @@ def _run(ray, cfg: Config, out: str, pools: Pools, failures: tuple[FailurePlan, 
                                           "features": rc.features.replicas, "tracker": rc.max_videos_in_flight},
                    progress)
     sched = Pass2(ray, cfg, counts, pools, bar, failures, centroids)
+    if cfg.ray.freeze_driver_gc:
+        gc.collect()  # what is garbage now is freed, not frozen
+        gc.freeze()
     t_label, c_label, m_label = time.perf_counter(), time.process_time(), time.thread_time()
     try:
         for vid, reason in skipped.items():
@@ -568,6 +554,8 @@ def _run(ray, cfg: Config, out: str, pools: Pools, failures: tuple[FailurePlan, 
         bar.collect(ray, timeout=None)
         counts_w = pools.writer.finish()
     finally:
+        if cfg.ray.freeze_driver_gc:
+            gc.unfreeze()
         bar.close()
         if sched.autoscaler is not None:
             sched.autoscaler.close()

@@ -15,12 +15,22 @@ latency and processing time) drives either. It returns :class:`LabelEvent` s (fr
 label maps: the maps stay in the object store and go straight to a shard writer as a rows ref).
 A stream whose tracker dies fails alone: its runner re-raises the error to its own producer;
 the other streams and the shared pools carry on.
+
+Pipelined: ``push`` submits a frame's cue calls and its tracker call and returns without
+waiting for them; up to ``stream.max_frames_in_flight`` frames of a stream are in flight at
+once, so the cue latency of consecutive frames overlaps (and flow, depth and features of one
+frame run at the same time where the backends do not read each other's results,
+``CueWiring``). The tracker actor takes a stream's batches in submission order, so replies
+come back in order: ``push`` and ``poll`` hand over every reply that is ready, ``push``
+waits for the oldest only when the stream has too many in flight, and ``end`` waits for all.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -79,6 +89,14 @@ class RayStreamLabeler:
         self._chunk: ChunkSpec | None = None
         self._depth = None
         self.keys: list[str] = []  # one per segment (a new video id or a gap starts one)
+        self.max_in_flight, self.poll_s = cfg.stream.max_frames_in_flight, cfg.stream.poll_s
+        self._inflight: deque = deque()  # (segment key, video id, rows ref, info ref, submit time), in order
+        self.processing_s: list[float] = []  # submit -> tracker reply, per batch (one frame each)
+
+    @property
+    def pending(self) -> int:
+        """Batches submitted and not yet answered (the stream runner polls while there are any)."""
+        return len(self._inflight)
 
     def push(self, frame: Frame) -> list[LabelEvent]:
         out: list[LabelEvent] = []
@@ -91,20 +109,45 @@ class RayStreamLabeler:
             self._depth = self.shared.depth_for_new_stream()
             self.keys.append(stream)
         for batch in self._batcher.push(frame):
-            out += self._submit(batch)
+            self._submit(batch)
+        return out + self._collect(self.max_in_flight - 1)
+
+    def _submit(self, batch: PairBatch) -> None:
+        pools = self.shared.pools
+        parts = [self.ray.put(p) for p in pools.wiring.plan.split(batch)]
+        flow, depth, feats = submit_cues(pools, parts, self._depth, None)
+        rows_ref, info_ref = self.tracker.process.options(num_returns=2).remote(
+            parts[0], flow, depth, feats, self._chunk, None)
+        self._inflight.append((self._batcher.stream, self._chunk.video_id, rows_ref, info_ref, time.perf_counter()))
+
+    def _collect(self, keep: int, timeout: float = 0.0) -> list[LabelEvent]:
+        """Replies in submission order: each one that is ready (the first waited for up to
+        ``timeout`` s), and the oldest ones waited for until at most ``keep`` are in flight."""
+        out: list[LabelEvent] = []
+        while self._inflight:
+            key, vid, rows_ref, info_ref, t0 = self._inflight[0]
+            if len(self._inflight) <= keep:
+                ready, _ = self.ray.wait([info_ref], timeout=timeout)
+                if not ready:
+                    break
+            timeout = 0.0
+            info = self.ray.get(info_ref)  # a dead tracker raises here: this stream fails alone
+            self._inflight.popleft()
+            self.processing_s.append(time.perf_counter() - t0)
+            out += self._events(key, vid, rows_ref, info)
         return out
 
-    def _submit(self, batch: PairBatch) -> list[LabelEvent]:
-        ref = self.ray.put(batch)
-        flow, depth, feats = submit_cues(self.shared.pools, ref, self._depth, None)
-        rows_ref, info_ref = self.tracker.process.options(num_returns=2).remote(
-            ref, flow, depth, feats, self._chunk, None)
-        return self._events(rows_ref, self.ray.get(info_ref))
+    def poll(self, timeout: float) -> list[LabelEvent]:
+        """The replies that are ready, waiting up to ``timeout`` s for the oldest."""
+        return self._collect(len(self._inflight), timeout)
 
-    def _events(self, rows_ref, info: dict) -> list[LabelEvent]:
-        vid = self._chunk.video_id
+    def take_processing(self) -> list[float]:
+        out, self.processing_s = self.processing_s, []
+        return out
+
+    def _events(self, key: str, vid: str, rows_ref, info: dict) -> list[LabelEvent]:
         if info["rows"]:
-            self.sink(self._batcher.stream, rows_ref)
+            self.sink(key, rows_ref)
         return ([LabelEvent(vid, i, False) for i in info["provisional"]]
                 + [LabelEvent(vid, i, True) for i in info["frames"]])
 
@@ -117,10 +160,11 @@ class RayStreamLabeler:
             log.warning("stream %s ended after a single frame; it has no optical flow and gets no labels", self.name)
         else:
             for batch in self._batcher.end(with_last=True):
-                out += self._submit(batch)
+                self._submit(batch)
+            out += self._collect(0)
             rows_ref, info_ref = self.tracker.finish.options(num_returns=2).remote(self._batcher.stream,
                                                                                   self._batcher.seq)
-            out += self._events(rows_ref, self.ray.get(info_ref))
+            out += self._events(self._batcher.stream, self._chunk.video_id, rows_ref, self.ray.get(info_ref))
         self._depth.drop.remote(self._batcher.stream)
         self._batcher = self._chunk = self._depth = None
         return out

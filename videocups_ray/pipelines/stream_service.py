@@ -245,6 +245,21 @@ def _serve(cfg, centroids, out, engine, opened, fps, max_frames) -> dict[str, An
     return summary
 
 
+def feed_streams(service: StreamService, sources: dict[str, Iterable[Frame]], fps: float | None) -> dict[str, Any]:
+    """Open one stream per source, push its frames from its own thread (paced at ``fps``), wait
+    for every source to end, close the service; its summary (benchmarks, scripts)."""
+    stop = threading.Event()
+    for name in sources:
+        service.open(name)
+    threads = [threading.Thread(target=_produce, args=(service, name, frames, fps, None, stop), name=f"stream-{name}",
+                                daemon=True) for name, frames in sources.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return service.close()
+
+
 def _chain(head: list[Frame], rest):
     yield from head
     yield from rest

@@ -252,13 +252,27 @@ class StreamRunner:
             raise self._error
         return self.stats
 
+    def _next(self) -> tuple:
+        """The next queued frame. A pipelined labeler (the Ray engine's: ``pending`` replies)
+        is polled for replies while no frame waits, so labels are delivered as they come."""
+        while getattr(self.labeler, "pending", 0):
+            try:
+                return self._queue.get(timeout=self.labeler.poll_s)
+            except queue.Empty:
+                self._deliver(self.labeler.poll(self.labeler.poll_s))
+                self.stats.processing_s += self.labeler.take_processing()
+        return self._queue.get()
+
     def _work(self) -> None:
         seg_video: tuple[str, int] | None = None
+        pipelined = hasattr(self.labeler, "take_processing")
         try:
             while True:
-                frame, t, seg = self._queue.get()
+                frame, t, seg = self._next()
                 if frame is self._END:
                     self._deliver(self.labeler.end())
+                    if pipelined:
+                        self.stats.processing_s += self.labeler.take_processing()
                     return
                 if seg_video is not None and seg_video != (frame.video_id, seg):
                     self._deliver(self.labeler.end())
@@ -266,7 +280,10 @@ class StreamRunner:
                 self._arrival[(frame.video_id, frame.frame_index)] = t
                 start = time.perf_counter()
                 labelled = self.labeler.push(frame)
-                self.stats.processing_s.append(time.perf_counter() - start)
+                if pipelined:  # submit -> reply of each frame, not the time of this call
+                    self.stats.processing_s += self.labeler.take_processing()
+                else:
+                    self.stats.processing_s.append(time.perf_counter() - start)
                 self._deliver(labelled)
         except BaseException as exc:  # noqa: BLE001 - handed to the producer thread and re-raised there
             self._error = exc

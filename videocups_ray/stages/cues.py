@@ -38,6 +38,16 @@ from videocups_ray.stages.base import Resources
 log = logging.getLogger(__name__)
 
 
+def depth_reads_flow(section: DepthConfig) -> bool:
+    """Depth backends that read the flow; ``oracle`` and ``simulated`` read only ground truth."""
+    return section.backend not in ("oracle", "simulated")
+
+
+def features_read_depth(section: FeatureConfig) -> bool:
+    """Feature backends that read the depth; ``simulated`` reads only ground-truth semantics."""
+    return section.backend != "simulated"
+
+
 class _CueStage(ABC):
     """One cue estimator built from its config section: a cheap constructor, the estimator built
     and set up in ``setup`` (or at the first call, on the configured device)."""
@@ -97,6 +107,12 @@ class DepthStage(_CueStage):
         super().__init__(cfg.cues.depth, cfg.camera)
         self._warned_last = False
 
+    @property
+    def reads_flow(self) -> bool:
+        """Whether the backend uses the flow (``oracle`` / ``simulated`` read ground truth only), so
+        the Ray engines can run depth next to flow instead of after it."""
+        return depth_reads_flow(self.cfg)
+
     def reset(self) -> None:
         """A new video starts (the geometry backend forgets its last depth and road plane)."""
         if self._est is not None:
@@ -138,7 +154,8 @@ class DepthStage(_CueStage):
         """
         est = self._estimator()
         if not isinstance(est, GeometryDepth):
-            reversed_pair = FlowResult(flow_prev.bw, flow_prev.fw, flow_prev.occlusion_bw, flow_prev.occlusion)
+            reversed_pair = None if flow_prev is None else \
+                FlowResult(flow_prev.bw, flow_prev.fw, flow_prev.occlusion_bw, flow_prev.occlusion)
             return est([frame], [prev_frame], reversed_pair, None)
         if not self._warned_last:
             log.warning("depth: %s frame %d is the last of its video; geometry depth and motion are "
@@ -161,6 +178,11 @@ class FeatureStage(_CueStage):
 
     def __init__(self, cfg: Config):
         super().__init__(cfg.cues.features, cfg.camera)
+
+    @property
+    def reads_depth(self) -> bool:
+        """Whether the backend uses the depth (the handmade features are depth-aware)."""
+        return features_read_depth(self.cfg)
 
     def process(self, frames: Sequence[Frame], depth: np.ndarray | None) -> FeatureResult:
         """``(high, low)`` features of ``frames``; ``depth`` is ``N x H x W`` metres or None."""

@@ -151,11 +151,11 @@ class DepthStream:
                                 "at least 2 frames per video")
             prev_frame, flow_prev, prev_depth = self.prev
             return self.stage.process_last(batch.frames_t[0], prev_frame, flow_prev, prev_depth)
-        if flow is None:
+        if flow is None and self.stage.reads_flow:
             raise DataError(f"depth: stream {batch.stream} batch {batch.seq} has no flow")
         out = self.stage.process(batch.frames_t, batch.frames_t1, flow)
         n = len(batch.frames_t) - 1
-        self.prev = (batch.frames_t[n], flow.item(n),
+        self.prev = (batch.frames_t[n], None if flow is None else flow.item(n),
                      DepthResult(out.depth[n:n + 1], out.motion_prob[n:n + 1], out.valid[n:n + 1]))
         return out
 
