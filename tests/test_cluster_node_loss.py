@@ -137,8 +137,6 @@ def test_live_streams_on_a_lost_node_fail_loudly_and_the_others_go_on(sim_cluste
     videos = source.videos()
     for vid in videos:
         service.open(vid)
-    # SharedPools hands depth actors out round-robin: the k-th opened stream gets depth[(k + 1) % 2]
-    stream_node = {vid: depth_nodes[(k + 1) % 2] for k, vid in enumerate(videos)}
     victim = next(n for n in cluster.worker_nodes if n.node_id == depth_nodes[0])
     refused: dict[str, str] = {}
 
@@ -155,6 +153,13 @@ def test_live_streams_on_a_lost_node_fail_loudly_and_the_others_go_on(sim_cluste
     try:
         for t in threads:
             t.start()
+        # a stream gets its depth actor (round robin) at its first frame, in the order the producer
+        # threads happen to push: read the assignment instead of assuming it
+        deadline = time.monotonic() + 60
+        while any(service._labelers[v]._depth is None for v in videos) and time.monotonic() < deadline:  # noqa: SLF001
+            time.sleep(0.01)
+        node_of = {a._actor_id.hex(): n for a, n in zip(service._shared.pools.depth, depth_nodes)}  # noqa: SLF001
+        stream_node = {v: node_of[service._labelers[v]._depth._actor_id.hex()] for v in videos}  # noqa: SLF001
         time.sleep(0.8)
         cluster.remove_node(victim)
         for t in threads:
