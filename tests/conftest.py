@@ -131,3 +131,28 @@ def quick_demo(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("demo") / "run"
     assert main(["demo", "--out", str(run), "--quick"]) == 0
     return run
+
+
+def sigkill_cli_when(args: list[str], ready, log: Path, timeout: float = 400, grace: float = 0.0) -> None:
+    """Run ``python -m videocups_ray.cli *args`` in its own process group and SIGKILL the whole
+    group once ``ready()`` is true (after ``grace`` more seconds); the command must still be
+    running then (its stderr tail is shown otherwise)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-m", "videocups_ray.cli", *args], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=log.open("w"))
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.poll() is None:
+            if ready():
+                time.sleep(grace)
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, f"the run ended before it could be killed:\n{log.read_text()[-3000:]}"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)

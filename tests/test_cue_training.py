@@ -191,11 +191,11 @@ def test_train_cues_resumes_after_sigkill_of_the_whole_command(tmp_path):
     """SIGKILL of the `videocups train-cues flow` process group once a checkpoint exists; the
     same command then resumes from it, finishes, and logs every step once."""
     import os
-    import signal
     import subprocess
     import sys
-    import time
     from pathlib import Path
+
+    from conftest import sigkill_cli_when
 
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / "flow"
@@ -204,27 +204,17 @@ def test_train_cues_resumes_after_sigkill_of_the_whole_command(tmp_path):
             "cue_training.batch_size=1", "cue_training.checkpoint_every=2", "cue_training.log_every=1",
             "cue_training.torch_threads=1", "cue_training.cpus_per_worker=0.5", "cue_training.shuffle_buffer=0",
             "ray.num_cpus=2"]
-    cmd = [sys.executable, "-m", "videocups_ray.cli", "train-cues", "flow", "--input", "synth:", "--out", str(out),
-           "--steps", "400", "--quiet", *[a for s in sets for a in ("--set", s)]]
-    env = {**os.environ, "PYTHONPATH": str(root)}
-    log = tmp_path / "train.log"
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=log.open("w"))
-    try:
-        deadline = time.monotonic() + 400
-        while time.monotonic() < deadline and proc.poll() is None:
-            if list((out / "cues_flow").glob("checkpoint_*/cue_train_state.pt")):
-                time.sleep(3)  # let it log a few steps past the checkpoint
-                break
-            time.sleep(0.2)
-        assert proc.poll() is None, f"the run ended before it could be killed:\n{log.read_text()[-3000:]}"
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
+    args = ["train-cues", "flow", "--input", "synth:", "--out", str(out), "--steps", "400", "--quiet",
+            *[a for s in sets for a in ("--set", s)]]
+    # SIGKILL once a checkpoint exists, letting it log a few steps past it
+    sigkill_cli_when(args, lambda: bool(list((out / "cues_flow").glob("checkpoint_*/cue_train_state.pt"))),
+                     tmp_path / "train.log", grace=3.0)
     assert not (out / "flow_summary.json").exists()
     logged = [json.loads(x)["step"] for x in (out / "flow_metrics.jsonl").read_text().splitlines()]
     final = max(logged) + 4
-    rerun = subprocess.run([*cmd[:cmd.index("--steps") + 1], str(final), *cmd[cmd.index("--steps") + 2:]],
-                           env=env, capture_output=True, text=True, timeout=600)
+    args[args.index("--steps") + 1] = str(final)
+    rerun = subprocess.run([sys.executable, "-m", "videocups_ray.cli", *args], capture_output=True, text=True,
+                           timeout=600, env={**os.environ, "PYTHONPATH": str(root)})
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     summary = json.loads((out / "flow_summary.json").read_text())
     assert summary["steps"] == final and 2 <= summary["resumed_from"] < final

@@ -7,16 +7,12 @@ kill test is in test_writer_pool.py (default suite).
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import sigkill_cli_when
 from videocups_ray.actors.base import FailurePlan
 from videocups_ray.config import load_config
 from videocups_ray.data.shards import read_manifest, read_shards
@@ -25,7 +21,6 @@ from videocups_ray.pipelines.ray_pseudolabel import run_ray
 from videocups_ray.pipelines.writer_pool import WriterLost
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
-ROOT = Path(__file__).resolve().parents[1]
 
 # Two 12-frame videos cut in chunks of 5: chunks of one video land on different writers.
 OVERRIDES = ["synth.sequences=2", "synth.frames=12", "synth.height=64", "synth.width=128", "synth.seed=4242",
@@ -79,22 +74,10 @@ def test_killed_driver_then_rerun(setup, tmp_path):
     """SIGKILL of the whole `videocups pseudolabel` process group once its first shard file exists."""
     cfg, root, ref = setup
     out = tmp_path / "shards"
-    cmd = [sys.executable, "-m", "videocups_ray.cli", "pseudolabel", "--input", str(root), "--out", str(out),
-           "--quiet", *[a for o in OVERRIDES for a in ("--set", o)]]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    log = tmp_path / "pseudolabel.log"
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=log.open("w"))
-    try:
-        deadline = time.monotonic() + 400
-        while time.monotonic() < deadline and proc.poll() is None:
-            if list(out.glob("_pending/part-*.parquet")):  # a writer has published its first shard
-                break
-            time.sleep(0.2)
-        assert proc.poll() is None, f"the run ended before it could be killed:\n{log.read_text()[-3000:]}"
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
+    args = ["pseudolabel", "--input", str(root), "--out", str(out), "--quiet",
+            *[a for o in OVERRIDES for a in ("--set", o)]]
+    # SIGKILL once a writer has published its first shard
+    sigkill_cli_when(args, lambda: bool(list(out.glob("_pending/part-*.parquet"))), tmp_path / "pseudolabel.log")
     committed = len(_frames(out))
     assert committed < 24
     summary = run_ray(cfg, root, out, progress=False)
