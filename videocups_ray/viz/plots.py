@@ -32,8 +32,10 @@ def loss_curves(records: Sequence[Mapping[str, float]]):
                               if isinstance(v, float) and k not in _NOT_LOSSES and k != "loss"})
     fig, ax = plt.subplots(figsize=(7, 3.6))
     steps = [r["step"] for r in rows]
-    for k in keys:
-        ax.plot(steps, [r.get(k, np.nan) for r in rows], lw=2.2 if k == "loss" else 1.0, label=k)
+    colours = plt.get_cmap("tab20" if len(keys) > 10 else "tab10")  # one colour per curve (10 repeat)
+    for i, k in enumerate(keys):
+        ax.plot(steps, [r.get(k, np.nan) for r in rows], lw=2.2 if k == "loss" else 1.0, label=k,
+                color=colours(i % colours.N))
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_yscale("log")
